@@ -1,0 +1,125 @@
+"""One entry point: `sharpshift pretrain | evaluate | configs | download ...`.
+
+User errors print one line (`error: ...`) and exit with code 2, before any training starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sharpshift.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Self-supervised pretraining that is sharpness-aware, shift-aware and discriminative.")
+
+# Large-tensor allocations on CPU are far faster with glibc's mmap/trim thresholds raised (1.4-1.8x per
+# step, see docs/benchmarks.md). The variable must be set before Python starts, so the CLI re-executes
+# itself once with it unless the user set GLIBC_TUNABLES or SHARPSHIFT_NO_MALLOC_TUNING=1.
+MALLOC_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+
+DataDir = typer.Option(None, "--data-dir", help="Folder with the dataset files (else $SHARPSHIFT_DATA, then defaults).")
+
+
+def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    args = list(args or [])
+    config = args.pop(0) if args and "=" not in args[0] else None
+    return config, args
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def pretrain(
+    args: Optional[list[str]] = typer.Argument(None, help="[CONFIG] [key=value ...], e.g. byol optim.lr=0.5"),
+    data_dir: Optional[str] = DataDir,
+    out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Parent folder of run folders (default ./runs)."),
+) -> None:
+    """Pretrain an encoder; writes a run folder with config, checkpoints, logs, backbone and eval.json."""
+    from sharpshift.config import load_config
+    from sharpshift.train import pretrain as run
+
+    config, overrides = _split_args(args)
+    cfg = load_config(config, overrides + ([f"out_dir={out_dir}"] if out_dir else []))
+    run_dir = run(cfg, data_dir)
+    result = run_dir / "eval.json"
+    if result.is_file():
+        ev = json.loads(result.read_text())
+        typer.echo(f"linear_top1={ev['linear_top1']:.4f} knn_top1={ev['knn_top1']:.4f}")
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder made by `sharpshift pretrain`."),
+    data_dir: Optional[str] = DataDir,
+    as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Linear probe and kNN top-1 of a run's frozen backbone; writes RUN_DIR/eval.json."""
+    from sharpshift.evaluation.run import evaluate_run
+
+    result = evaluate_run(run_dir, data_dir)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(json.dumps({"linear_top1": result["linear_top1"], "knn_top1": result["knn_top1"]}))
+
+
+@app.command()
+def configs(keys: bool = typer.Option(False, "--keys", help="List every valid config key instead.")) -> None:
+    """List the shipped configs (or the valid keys)."""
+    from sharpshift.config import CONFIG_DIRS, Config, _all_keys, list_configs
+
+    if keys:
+        typer.echo("\n".join(_all_keys(Config)))
+        return
+    for name in list_configs():
+        path = next(d / f"{name}.yaml" for d in CONFIG_DIRS if (d / f"{name}.yaml").is_file())
+        first = path.read_text().splitlines()[0].lstrip("# ") if path.read_text() else ""
+        typer.echo(f"{name:<20} {first}")
+
+
+@app.command()
+def download(
+    dataset: str = typer.Argument(..., help="mnist, fashion-mnist, cifar10, cifar100 or stl10"),
+    data_dir: Optional[str] = DataDir,
+) -> None:
+    """Download a standard dataset with checksum verification (needs network)."""
+    from sharpshift.data.download import download_dataset
+
+    root = Path(data_dir or os.environ.get("SHARPSHIFT_DATA") or "data")
+    typer.echo(f"downloaded to {download_dataset(dataset, root)}")
+
+
+def _reexec_with_malloc_tuning() -> None:
+    if os.environ.get("GLIBC_TUNABLES") or os.environ.get("SHARPSHIFT_NO_MALLOC_TUNING") == "1":
+        return
+    if not sys.platform.startswith("linux"):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNING)
+    os.execve(sys.executable, [sys.executable, "-m", "sharpshift.cli", *sys.argv[1:]], env)
+
+
+def main() -> None:
+    _reexec_with_malloc_tuning()
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(e.exit_code)
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            raise SystemExit(130)
+        if isinstance(e, click.ClickException):
+            e.show()
+            raise SystemExit(2)
+        raise
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    main()

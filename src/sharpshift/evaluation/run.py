@@ -1,0 +1,60 @@
+"""Offline evaluation of a run folder: frozen backbone features -> linear probe and weighted kNN."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from sharpshift.config import Config, from_yaml_file
+from sharpshift.data.registry import load_dataset
+from sharpshift.errors import UserError
+from sharpshift.evaluation.features import extract_features
+from sharpshift.evaluation.knn import knn_top1
+from sharpshift.evaluation.linear import linear_probe
+from sharpshift.export import atomic_write_text, load_backbone
+
+
+def run_config(run_dir: Path) -> Config:
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; pass a folder made by `sharpshift pretrain`")
+    return from_yaml_file(run_dir / "config.yaml")
+
+
+def labelled_splits(cfg: Config, data_dir: str | None):
+    """Train and test splits with labels, as the evaluation protocol needs."""
+    train = load_dataset(cfg.data.dataset, "train", data_dir or cfg.data.data_dir)
+    test = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir)
+    if train.labels is None or test.labels is None:
+        raise UserError(f"dataset {cfg.data.dataset!r} has no labels to evaluate with; evaluate on a labelled dataset")
+    return train, test.subset(cfg.data.test_subset, seed=cfg.seed)
+
+
+def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, bf16: bool = False) -> dict:
+    arch = getattr(backbone, "arch", {})
+    kw = dict(mean=arch.get("mean"), std=arch.get("std"), bf16=bf16)
+    t0 = time.time()
+    f_train = extract_features(backbone, train.images, **kw)
+    f_test = extract_features(backbone, test.images, **kw)
+    probe = linear_probe(f_train, train.labels, f_test, test.labels, iterations=cfg.eval.linear_max_iter,
+                         weight_decay=cfg.eval.linear_weight_decay, seed=cfg.seed)
+    knn = knn_top1(f_train, train.labels, f_test, test.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
+    return {"linear_top1": float(probe.top1), "linear_train_top1": float(probe.train_top1), "knn_top1": float(knn),
+            "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
+            "train_size": len(train), "test_size": len(test), "feature_dim": int(f_train.shape[1]),
+            "eval_seconds": round(time.time() - t0, 1)}
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict:
+    """Evaluate a finished run; writes RUN_DIR/eval.json (merged with what is already there)."""
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir)
+    backbone = load_backbone(run_dir)
+    train, test = labelled_splits(cfg, data_dir)
+    result = evaluate_backbone(backbone, cfg, train, test)
+    path = run_dir / "eval.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(result)
+    atomic_write_text(path, json.dumps(merged, indent=2))
+    return merged

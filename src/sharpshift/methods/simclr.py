@@ -1,0 +1,23 @@
+"""SimCLR (Chen et al., 2020): NT-Xent between two views through a 2-layer projector."""
+from __future__ import annotations
+
+import itertools
+
+from sharpshift.losses import nt_xent
+from sharpshift.methods.base import SSLMethod, StepContext, StepOutput
+from sharpshift.models.heads import mlp
+
+
+class SimCLR(SSLMethod):
+    name = "simclr"
+    recipe = "symmetric"
+    defaults = dict(proj_hidden_dim=512, proj_output_dim=128, temperature=0.5)
+
+    def build_heads(self) -> None:
+        self.projector = mlp(self.feat_dim, self.mcfg.proj_hidden_dim, self.mcfg.proj_output_dim, layers=2)
+
+    def compute_loss(self, ctx: StepContext) -> StepOutput:
+        feats, z = self.encode(ctx.views, self.backbone, self.projector)
+        pairs = list(itertools.combinations(range(len(z)), 2))  # more than two views: mean over pairs
+        loss = sum(nt_xent(z[a], z[b], self.mcfg.temperature) for a, b in pairs) / len(pairs)
+        return StepOutput(loss, {"nt_xent": loss.detach()}, feats, z)

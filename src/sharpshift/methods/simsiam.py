@@ -1,0 +1,25 @@
+"""SimSiam (Chen and He, 2021): a predictor and a stop-gradient, no negatives and no momentum encoder."""
+from __future__ import annotations
+
+import torch
+
+from sharpshift.losses import simsiam_loss
+from sharpshift.methods.base import SSLMethod, StepContext, StepOutput
+from sharpshift.models.heads import mlp
+
+
+class SimSiam(SSLMethod):
+    name = "simsiam"
+    recipe = "symmetric"
+    defaults = dict(proj_hidden_dim=512, proj_output_dim=512, pred_hidden_dim=128)
+
+    def build_heads(self) -> None:
+        m = self.mcfg
+        self.projector = mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3, last_bn=True)
+        self.predictor = mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim, layers=2)
+
+    def compute_loss(self, ctx: StepContext) -> StepOutput:
+        feats, z = self.encode(ctx.views[:2], self.backbone, self.projector)
+        p = list(self.predictor(torch.cat(z)).chunk(2))
+        loss = 0.5 * (simsiam_loss(p[0], z[1]) + simsiam_loss(p[1], z[0]))
+        return StepOutput(loss, {"simsiam": loss.detach()}, feats, z, extra={"pred": p})

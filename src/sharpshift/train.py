@@ -1,0 +1,121 @@
+"""`sharpshift pretrain`: config -> data -> method -> Lightning fit -> exported backbone -> evaluation."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from sharpshift.config import Config, to_yaml
+from sharpshift.data.loader import PretrainData, channel_stats
+from sharpshift.data.registry import load_dataset
+from sharpshift.errors import UserError
+from sharpshift.export import atomic_write_text, export_backbone
+from sharpshift.methods import METHODS, resolve_method_defaults
+from sharpshift.models import backbone_arch
+
+RUN_DIR_ENV = "SHARPSHIFT_RUN_DIR"  # shared with the processes DDP launches, so all agree on one folder
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(cfg: Config) -> str:
+    if cfg.trainer.precision != "auto":
+        return "32-true" if cfg.trainer.precision == "32" else cfg.trainer.precision
+    if torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+
+
+def make_run_dir(cfg: Config) -> Path:
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.out_dir) / f"{cfg.name}-{cfg.method.name}-{stamp}"
+    run_dir, i = base, 1
+    while run_dir.exists():
+        run_dir, i = Path(f"{base}-{i}"), i + 1
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir}: {e.strerror}; set out_dir to a writable folder") from None
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    return run_dir
+
+
+def prepare(cfg: Config, data_dir: str | None = None):
+    """Load and check the data before anything is created on disk."""
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    resolve_method_defaults(cfg)
+    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.subset, seed=cfg.seed)
+    world = int(cfg.trainer.devices) * cfg.trainer.num_nodes if str(cfg.trainer.devices).isdigit() else 1
+    if cfg.data.batch_size * world > len(train):
+        raise UserError(f"data.batch_size={cfg.data.batch_size} x {world} process(es) is larger than the dataset "
+                        f"({len(train)} images); lower data.batch_size")
+    test = None
+    if train.labels is not None:
+        try:
+            test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir).subset(cfg.data.test_subset, seed=cfg.seed)
+        except UserError:
+            test = None
+    return train, test, world
+
+
+def pretrain(cfg: Config, data_dir: str | None = None) -> Path:
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    train, test, world = prepare(cfg, data_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = make_run_dir(cfg)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    mean, std = channel_stats(train.images)
+    steps_per_epoch = (len(train) // world) // cfg.data.batch_size
+    total = cfg.trainer.max_epochs * steps_per_epoch
+    if cfg.trainer.max_steps > 0:
+        total = min(total, cfg.trainer.max_steps)
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    module = METHODS[cfg.method.name](cfg, train.channels, train.size, train.num_classes if train.labels is not None else 0,
+                                      mean, std, total, steps_per_epoch, seed_offset=rank)
+    if test is not None and cfg.eval.knn_every_n_epochs:
+        bank = train.subset(cfg.eval.knn_monitor_train, seed=cfg.seed)
+        module.monitor = (bank.images, bank.labels, test.images, test.labels)
+    precision = resolve_precision(cfg)
+    trainer = L.Trainer(
+        default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, max_steps=cfg.trainer.max_steps,
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=precision, sync_batchnorm=cfg.trainer.sync_batchnorm,
+        logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tensorboard")],
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                   TQDMProgressBar(refresh_rate=10)],
+        enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False, num_sanity_val_steps=0,
+    )
+    t0 = time.time()
+    trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed))
+    train_seconds = time.time() - t0
+    if trainer.global_rank != 0:
+        return run_dir
+    arch = backbone_arch(cfg.model.backbone, train.channels, cfg.model.width, cfg.model.cifar_stem)
+    arch.update(mean=mean, std=std, image_size=train.size, method=cfg.method.name, dataset=cfg.data.dataset)
+    export_backbone(module.backbone, arch, run_dir)
+    summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.global_step, "precision": precision,
+               "images_per_second": round(trainer.global_step * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1)}
+    atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
+    if cfg.eval.after_training and test is not None:
+        from sharpshift.evaluation.run import evaluate_run
+
+        evaluate_run(run_dir, cfg.data.data_dir)
+    return run_dir
