@@ -105,20 +105,10 @@ def _reexec_with_malloc_tuning() -> None:
 def main() -> None:
     _reexec_with_malloc_tuning()
     try:
-        app(standalone_mode=False)
+        app()  # usage errors: typer prints them and exits with 2
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
-        raise SystemExit(e.exit_code)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            raise SystemExit(130)
-        if isinstance(e, click.ClickException):
-            e.show()
-            raise SystemExit(2)
-        raise
-    raise SystemExit(0)
+        raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

@@ -74,6 +74,38 @@ def prepare(cfg: Config, data_dir: str | None = None):
     return train, test, world
 
 
+def build_module(cfg: Config, train, test=None, world: int = 1):
+    """The method's LightningModule, with the kNN monitor's data attached when labels exist."""
+    mean, std = channel_stats(train.images)
+    steps_per_epoch = (len(train) // world) // cfg.data.batch_size
+    total = cfg.trainer.max_epochs * steps_per_epoch
+    if cfg.trainer.max_steps > 0:
+        total = min(total, cfg.trainer.max_steps)
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    num_classes = train.num_classes if train.labels is not None else 0
+    module = METHODS[cfg.method.name](cfg, train.channels, train.size, num_classes, mean, std, total, steps_per_epoch,
+                                      seed_offset=rank)
+    if test is not None and cfg.eval.knn_every_n_epochs:
+        bank = train.subset(cfg.eval.knn_monitor_train, seed=cfg.seed)
+        module.monitor = (bank.images, bank.labels, test.images, test.labels)
+    return module
+
+
+def build_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
+    kwargs = dict(
+        default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, max_steps=cfg.trainer.max_steps,
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), sync_batchnorm=cfg.trainer.sync_batchnorm,
+        logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tensorboard")],
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
+        + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.progress_bar else []),
+        enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False, num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
 def pretrain(cfg: Config, data_dir: str | None = None) -> Path:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -81,37 +113,18 @@ def pretrain(cfg: Config, data_dir: str | None = None) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = make_run_dir(cfg)
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    mean, std = channel_stats(train.images)
-    steps_per_epoch = (len(train) // world) // cfg.data.batch_size
-    total = cfg.trainer.max_epochs * steps_per_epoch
-    if cfg.trainer.max_steps > 0:
-        total = min(total, cfg.trainer.max_steps)
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-    module = METHODS[cfg.method.name](cfg, train.channels, train.size, train.num_classes if train.labels is not None else 0,
-                                      mean, std, total, steps_per_epoch, seed_offset=rank)
-    if test is not None and cfg.eval.knn_every_n_epochs:
-        bank = train.subset(cfg.eval.knn_monitor_train, seed=cfg.seed)
-        module.monitor = (bank.images, bank.labels, test.images, test.labels)
-    precision = resolve_precision(cfg)
-    trainer = L.Trainer(
-        default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, max_steps=cfg.trainer.max_steps,
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
-        strategy=cfg.trainer.strategy, precision=precision, sync_batchnorm=cfg.trainer.sync_batchnorm,
-        logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tensorboard")],
-        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-                   TQDMProgressBar(refresh_rate=10)],
-        enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
-        log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False, num_sanity_val_steps=0,
-    )
+    module = build_module(cfg, train, test, world)
+    trainer = build_trainer(cfg, run_dir)
     t0 = time.time()
     trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed))
     train_seconds = time.time() - t0
     if trainer.global_rank != 0:
         return run_dir
     arch = backbone_arch(cfg.model.backbone, train.channels, cfg.model.width, cfg.model.cifar_stem)
-    arch.update(mean=mean, std=std, image_size=train.size, method=cfg.method.name, dataset=cfg.data.dataset)
+    arch.update(mean=module.views.mean.flatten().tolist(), std=module.views.std.flatten().tolist(),
+                image_size=train.size, method=cfg.method.name, dataset=cfg.data.dataset)
     export_backbone(module.backbone, arch, run_dir)
-    summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.global_step, "precision": precision,
+    summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.global_step, "precision": trainer.precision,
                "images_per_second": round(trainer.global_step * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1)}
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
     if cfg.eval.after_training and test is not None:

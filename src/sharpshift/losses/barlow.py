@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from sharpshift.losses.dist import gather
+from sharpshift.losses.precision import fp32
 
 
+@fp32
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float, scale: float = 1.0) -> torch.Tensor:
     """scale * [sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2], C over the global batch.
     Every process computes the same global loss from gathered embeddings."""

@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from sharpshift.losses.dist import gather, rank
+from sharpshift.losses.precision import fp32
 
 
+@fp32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """SimCLR's NT-Xent over the global batch: for each of the 2N views, the other view of the same image
     is the positive and the remaining 2N-2 views are negatives. Local rows, gathered columns."""
@@ -24,6 +26,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(logits, pos_cols)
 
 
+@fp32
 def infonce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """MoCo's InfoNCE: the key of the same image is the positive, the queue holds the negatives.
     q: (n, d) queries with gradient; k: (n, d) keys (no gradient); queue: (K, d), already normalised."""

@@ -188,7 +188,7 @@ class SSLMethod(L.LightningModule):
         loss = F.cross_entropy(logits, labels[known])
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        opt.step()
+        opt.optimizer.step()  # the raw optimizer: Lightning counts global_step on the main optimizer only
         hits = torch.stack([(logits.argmax(1) == labels[known]).sum(), known.sum()]).float().cpu()
         self._probe_hits += hits
 

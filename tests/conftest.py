@@ -1,0 +1,33 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from sharpshift.config import load_config
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def tiny_config(method: str = "simclr", *overrides: str, out_dir: str = "runs"):
+    """A seconds-long run on scikit-learn's digits."""
+    return load_config(None, [f"method.name={method}", "data.dataset=digits", "data.batch_size=32",
+                              "trainer.max_epochs=1", "trainer.max_steps=4", "trainer.progress_bar=false",
+                              "eval.knn_every_n_epochs=0", "eval.after_training=false", "model.width=8",
+                              "method.proj_hidden_dim=32", "method.proj_output_dim=16", f"out_dir={out_dir}",
+                              *(["method.queue_size=64"] if method == "moco" else []),
+                              *(["method.pred_hidden_dim=16"] if method in ("byol", "simsiam") else []),
+                              *overrides])
+
+
+@pytest.fixture
+def fashion_available():
+    if not FASHION.is_file() and not os.environ.get("SHARPSHIFT_DATA"):
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST missing in CI: scripts/bootstrap.sh should have installed it")
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run_dir(monkeypatch):
+    # every pretrain in a test picks its own run folder
+    monkeypatch.delenv("SHARPSHIFT_RUN_DIR", raising=False)
