@@ -39,10 +39,10 @@ def pretrain(
 ) -> None:
     """Pretrain an encoder; writes a run folder with config, checkpoints, logs, backbone and eval.json."""
     from sharpshift.config import load_config
-    from sharpshift.train import pretrain as run
 
     config, overrides = _split_args(args)
     cfg = load_config(config, overrides + ([f"out_dir={out_dir}"] if out_dir else []))
+    from sharpshift.train import pretrain as run  # heavy (Lightning): only once the config is valid
     run_dir = run(cfg, data_dir)
     result = run_dir / "eval.json"
     if result.is_file():
