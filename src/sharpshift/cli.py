@@ -22,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # itself once with it unless the user set GLIBC_TUNABLES or SHARPSHIFT_NO_MALLOC_TUNING=1.
 MALLOC_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 
+diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics that make the papers' claims measurable.")
+app.add_typer(diagnose_app, name="diagnose")
+
 DataDir = typer.Option(None, "--data-dir", help="Folder with the dataset files (else $SHARPSHIFT_DATA, then defaults).")
 
 

@@ -127,6 +127,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # add-on groups (each defined next to its code, with a check() that raises UserError): one line each
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -248,6 +249,12 @@ def validate(c: Config) -> None:
     for key in ("momentum_base", "momentum_final"):
         val = getattr(m, key)
         _check(val is None or 0 <= val <= 1, f"method.{key} must be in [0, 1], got {val}")
+
+
+    for f in fields(c):  # add-on groups validate themselves
+        group = getattr(c, f.name)
+        if hasattr(group, "check"):
+            group.check()
 
 
 def to_yaml(c: Config) -> str:
