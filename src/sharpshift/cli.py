@@ -96,6 +96,52 @@ def download(
     typer.echo(f"downloaded to {download_dataset(dataset, root)}")
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: speed and the accuracy grid.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("speed")
+def bench_speed(
+    out: Path = typer.Option(Path("docs/benchmarks.json"), help="JSON output."),
+    doc: Path = typer.Option(Path("docs/benchmarks.md"), help="Markdown file whose speed section is rewritten."),
+    methods: str = typer.Option("simclr,moco,byol,barlow,simsiam", help="Comma-separated base methods to time."),
+    batch_size: int = typer.Option(256),
+) -> None:
+    """Framework overhead against a bare PyTorch loop, and each base method's throughput."""
+    from sharpshift.bench.grid import replace_section
+    from sharpshift.bench.speed import render_markdown, run_speed
+
+    result = run_speed(out, [m for m in methods.split(",") if m], batch_size)
+    replace_section(doc, "speed", render_markdown(result))
+    typer.echo(json.dumps(result["overhead"]))
+
+
+@bench_app.command("accuracy")
+def bench_accuracy(
+    cells: str = typer.Option("simclr,moco,byol,barlow,simsiam", help="Comma-separated cells (shipped config names)."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    budget: str = typer.Option("default", help="default (5 epochs, full data) or reduced (10k images, 3 epochs)."),
+    root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
+    doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
+    data_dir: Optional[str] = DataDir,
+) -> None:
+    """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors."""
+    from sharpshift.bench.grid import BUDGETS, Cell, floors, render_table, replace_section, run_cell, summarise
+
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; use one of {sorted(BUDGETS)}")
+    seed_list = [int(s) for s in seeds.split(",") if s]
+    extra = [f"data.data_dir={data_dir}"] if data_dir else []
+    rows = []
+    for name in [c for c in cells.split(",") if c]:
+        for seed in seed_list:
+            rows.append(run_cell(Cell(name, name), seed, BUDGETS[budget] + extra, root / budget))
+            typer.echo(json.dumps(rows[-1]))
+    rows += floors(BUDGETS[budget] + extra, seed_list, root / budget)
+    (root / budget / "results.json").write_text(json.dumps(rows, indent=2))
+    replace_section(doc, f"grid-{budget}", render_table(summarise(rows)))
+
+
 def _reexec_with_malloc_tuning() -> None:
     if os.environ.get("GLIBC_TUNABLES") or os.environ.get("SHARPSHIFT_NO_MALLOC_TUNING") == "1":
         return
