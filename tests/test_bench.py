@@ -53,3 +53,17 @@ def test_replace_section_rewrites_only_its_block(tmp_path):
     text = doc.read_text()
     assert "intro" in text and "two" in text and "one" not in text and "x\n" in text
     assert text.count("<!-- grid:start -->") == 1
+
+
+def test_recorded_row_is_reused_without_a_run_folder(tmp_path, monkeypatch):
+    cell = grid.Cell("simclr", "simclr")
+    row = grid.run_cell(cell, 0, TINY, tmp_path / "runs", record=tmp_path / "rec")
+    assert (tmp_path / "rec" / "simclr" / "seed0.json").is_file()
+    import shutil
+
+    import sharpshift.train
+
+    shutil.rmtree(tmp_path / "runs")
+    monkeypatch.setattr(sharpshift.train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
+    again = grid.run_cell(cell, 0, TINY, tmp_path / "runs", record=tmp_path / "rec")
+    assert again["linear_top1"] == row["linear_top1"] and "run_dir" not in again

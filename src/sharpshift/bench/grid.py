@@ -34,12 +34,18 @@ BUDGETS = {
 }
 
 
-def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[str] = ()) -> dict:
+def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[str] = (),
+             record: Path | None = None) -> dict:
+    """Run (or read back) one cell. `record`: a folder of small committed JSON rows, so a finished cell
+    survives the run folder (runs/ is not versioned) and is not run again on another machine."""
     from sharpshift.train import pretrain
 
+    row_file = record / cell.name / f"seed{seed}.json" if record else None
+    if row_file and row_file.is_file():
+        return json.loads(row_file.read_text())
     run_dir = root / cell.name / f"seed{seed}"
     if (run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file():
-        return collect(run_dir, cell, seed)
+        return _record(collect(run_dir, cell, seed), row_file)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again
     cfg = load_config(cell.config, [*budget, *cell.overrides, *extra, f"seed={seed}", "trainer.progress_bar=false",
@@ -54,7 +60,14 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = previous
-    return collect(run_dir, cell, seed)
+    return _record(collect(run_dir, cell, seed), row_file)
+
+
+def _record(row: dict, row_file: Path | None) -> dict:
+    if row_file:
+        row_file.parent.mkdir(parents=True, exist_ok=True)
+        row_file.write_text(json.dumps({k: v for k, v in row.items() if k != "run_dir"}, indent=2))
+    return row
 
 
 def collect(run_dir: Path, cell: Cell, seed: int) -> dict:
