@@ -43,11 +43,21 @@ setup_data() {
   fi
 }
 
+setup_browser() {  # tests only: tests/test_report.py opens report.html in headless chromium
+  command -v chromium >/dev/null && return
+  if as_root true; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+  else
+    echo "warning: chromium missing (sudo apt-get install chromium); the report's browser test cannot run" >&2
+  fi
+}
+
 setup_python
 setup_data
 case "${1:-setup}" in
   setup) ;;
   demo) exec "$VENV/bin/sharpshift" pretrain configs/default.yaml "${@:2}" ;;
-  test) exec "$VENV/bin/pytest" -q "${@:2}" ;;
+  test) setup_browser; exec "$VENV/bin/pytest" -q "${@:2}" ;;
   *) echo "usage: bash scripts/bootstrap.sh setup|demo|test" >&2; exit 2 ;;
 esac

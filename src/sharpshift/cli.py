@@ -24,6 +24,20 @@ MALLOC_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_thresh
 
 diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics that make the papers' claims measurable.")
 app.add_typer(diagnose_app, name="diagnose")
+from sharpshift.amcl.cli import amcl_command  # noqa: E402
+
+diagnose_app.command("amcl")(amcl_command)
+from sharpshift.shift.cli import views_command  # noqa: E402
+
+diagnose_app.command("views", context_settings={"allow_interspersed_args": True})(views_command)
+from sharpshift.sharpness.command import sharpness_command  # noqa: E402
+
+diagnose_app.command("sharpness")(sharpness_command)
+from sharpshift.evaluation.discriminability_command import discriminability_command  # noqa: E402
+from sharpshift.supervised import supervised_command  # noqa: E402
+
+diagnose_app.command("discriminability")(discriminability_command)
+app.command("supervised", context_settings={"allow_interspersed_args": True})(supervised_command)
 
 DataDir = typer.Option(None, "--data-dir", help="Folder with the dataset files (else $SHARPSHIFT_DATA, then defaults).")
 
@@ -39,14 +53,21 @@ def pretrain(
     args: Optional[list[str]] = typer.Argument(None, help="[CONFIG] [key=value ...], e.g. byol optim.lr=0.5"),
     data_dir: Optional[str] = DataDir,
     out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Parent folder of run folders (default ./runs)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run folder from its newest "
+                                          "complete checkpoint, with its own config.yaml (trainer.*/eval.* may change)."),
 ) -> None:
     """Pretrain an encoder; writes a run folder with config, checkpoints, logs, backbone and eval.json."""
     from sharpshift.config import load_config
 
     config, overrides = _split_args(args)
-    cfg = load_config(config, overrides + ([f"out_dir={out_dir}"] if out_dir else []))
+    if resume is not None:
+        from sharpshift.resume import resume_config
+
+        cfg = resume_config(resume, config, overrides, out_dir)
+    else:
+        cfg = load_config(config, overrides + ([f"out_dir={out_dir}"] if out_dir else []))
     from sharpshift.train import pretrain as run  # heavy (Lightning): only once the config is valid
-    run_dir = run(cfg, data_dir)
+    run_dir = run(cfg, data_dir, resume=resume)
     result = run_dir / "eval.json"
     if result.is_file():
         ev = json.loads(result.read_text())
@@ -54,20 +75,55 @@ def pretrain(
     typer.echo(f"run folder: {run_dir}")
 
 
-@app.command()
+@app.command(context_settings={"allow_interspersed_args": True})
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder made by `sharpshift pretrain`."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="With --robustness: robustness.* key=value overrides."),
     data_dir: Optional[str] = DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+    robustness: bool = typer.Option(False, "--robustness", help="Also corruptions and FGSM/PGD attacks; writes "
+                                    "RUN_DIR/robustness.json (see `sharpshift configs --keys`: robustness.*)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="With --robustness: a run folder (or its "
+                                             "robustness.json) to compute the mCE against."),
 ) -> None:
     """Linear probe and kNN top-1 of a run's frozen backbone; writes RUN_DIR/eval.json."""
     from sharpshift.evaluation.run import evaluate_run
 
+    if (overrides or reference) and not robustness:
+        raise UserError("key=value overrides and --reference only apply with --robustness; add --robustness")
+    if robustness:
+        from sharpshift.evaluation.robustness import robustness_request
+
+        robustness_request(run_dir, overrides or [], reference)  # fail fast, before the standard evaluation
     result = evaluate_run(run_dir, data_dir)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo(json.dumps({"linear_top1": result["linear_top1"], "knn_top1": result["knn_top1"]}))
+    if robustness:
+        from sharpshift.evaluation.robustness import robustness_run, summary
+
+        rob = robustness_run(run_dir, overrides or [], reference, data_dir, log=lambda s: typer.echo(s, err=True))
+        typer.echo(json.dumps(rob, indent=2) if as_json else json.dumps(summary(rob)))
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One run folder, or several to compare side by side."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for a comparison of several runs "
+                                       "(default ./comparison-<time>)."),
+    data_dir: Optional[str] = DataDir,
+) -> None:
+    """Write report.md and a self-contained report.html (one run: in its folder; several: a comparison)."""
+    from sharpshift.report import write_comparison, write_report
+
+    if len(run_dirs) == 1:
+        path = write_report(run_dirs[0], data_dir)
+    else:
+        from datetime import datetime
+
+        path = write_comparison(run_dirs, out or Path(f"comparison-{datetime.now():%Y%m%d-%H%M%S}"), data_dir)
+    typer.echo(f"report: {path}")
 
 
 @app.command()
@@ -123,6 +179,7 @@ def bench_accuracy(
     budget: str = typer.Option("default", help="default (5 epochs, full data) or reduced (10k images, 3 epochs)."),
     root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
+    record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
     data_dir: Optional[str] = DataDir,
 ) -> None:
     """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors."""
@@ -135,7 +192,8 @@ def bench_accuracy(
     rows = []
     for name in [c for c in cells.split(",") if c]:
         for seed in seed_list:
-            rows.append(run_cell(Cell(name, name), seed, BUDGETS[budget] + extra, root / budget))
+            rows.append(run_cell(Cell(name, name), seed, BUDGETS[budget] + extra, root / budget,
+                                 record=record / budget))
             typer.echo(json.dumps(rows[-1]))
     rows += floors(BUDGETS[budget] + extra, seed_list, root / budget)
     (root / budget / "results.json").write_text(json.dumps(rows, indent=2))

@@ -14,6 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sharpshift.errors import UserError
+from sharpshift.shift.config import FourierConfig, RSAConfig
+from sharpshift.dsa.config import DSAConfig
+from sharpshift.sharpness.config import MESAConfig, SAFConfig, SAMConfig
+from sharpshift.amcl.config import AMCLConfig
+from sharpshift.evaluation.robustness_config import RobustnessConfig
+from sharpshift.report.config import ReportConfig
 
 METHOD_NAMES = ("simclr", "moco", "byol", "barlow", "simsiam")  # = sharpshift.methods.METHODS (a test checks)
 CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs")
@@ -101,6 +107,9 @@ class TrainerConfig:
     log_every_n_steps: int = 20
     progress_bar: bool = True
     sync_batchnorm: bool = False
+    checkpoint_every_n_steps: int = 100  # also one at the end; 0 = only at the end (see sharpshift.checkpoint)
+    keep_checkpoints: int = 3  # newest step checkpoints kept (last.ckpt is always kept)
+    on_nonfinite: str = "stop"  # a NaN/inf loss: stop (naming the step and term) or skip the step
 
 
 @dataclass
@@ -128,6 +137,15 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     # add-on groups (each defined next to its code, with a check() that raises UserError): one line each
+    fourier: FourierConfig = field(default_factory=FourierConfig)
+    rsa: RSAConfig = field(default_factory=RSAConfig)
+    dsa: DSAConfig = field(default_factory=DSAConfig)
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    saf: SAFConfig = field(default_factory=SAFConfig)
+    mesa: MESAConfig = field(default_factory=MESAConfig)
+    amcl: AMCLConfig = field(default_factory=AMCLConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -226,6 +244,9 @@ def validate(c: Config) -> None:
     _check(c.trainer.precision in ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
            f"unknown trainer.precision {c.trainer.precision!r}; use auto, 32, bf16-mixed or 16-mixed")
     _check(c.trainer.log_every_n_steps >= 1, "trainer.log_every_n_steps must be >= 1")
+    _check(c.trainer.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps must be >= 0 (0 = only at the end)")
+    _check(c.trainer.keep_checkpoints >= 1, f"trainer.keep_checkpoints must be >= 1, got {c.trainer.keep_checkpoints}")
+    _check(c.trainer.on_nonfinite in ("stop", "skip"), f"trainer.on_nonfinite must be stop or skip, got {c.trainer.on_nonfinite!r}")
     _check(c.model.backbone in ("convnet", "resnet18", "resnet34", "resnet50"),
            f"unknown backbone {c.model.backbone!r}; set model.backbone to convnet, resnet18, resnet34 or resnet50")
     _check(c.model.width >= 1, "model.width must be >= 1")

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from sharpshift.checkpoint import (CKPT_DIR, AtomicCheckpointIO, CheckpointEvery, check_state_matches, describe,
+                                   find_resume_checkpoint)
 from sharpshift.config import Config, to_yaml
 from sharpshift.data.loader import PretrainData, channel_stats
 from sharpshift.data.registry import load_dataset
@@ -19,6 +22,8 @@ from sharpshift.errors import UserError
 from sharpshift.export import atomic_write_text, export_backbone
 from sharpshift.methods import METHODS, resolve_method_defaults
 from sharpshift.models import backbone_arch
+from sharpshift.nonfinite import NonFiniteLoss
+from sharpshift.resume import appending_csv_logger
 
 RUN_DIR_ENV = "SHARPSHIFT_RUN_DIR"  # shared with the processes DDP launches, so all agree on one folder
 
@@ -39,19 +44,28 @@ def resolve_precision(cfg: Config) -> str:
     return "bf16-mixed" if cpu_supports_bf16() else "32-true"
 
 
+def first_process() -> bool:
+    """Rank 0 as the launcher's environment says (torchrun, SLURM, Lightning's own), before the trainer exists."""
+    return rank_zero_only.rank == 0
+
+
 def make_run_dir(cfg: Config) -> Path:
+    """A new run folder, created by the first process only (the others never write to it).
+    $SHARPSHIFT_RUN_DIR names it instead: how processes launched separately (torchrun, SLURM) agree on one."""
     if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.out_dir) / f"{cfg.name}-{cfg.method.name}-{stamp}"
-    run_dir, i = base, 1
-    while run_dir.exists():
-        run_dir, i = Path(f"{base}-{i}"), i + 1
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(f"cannot create run folder {run_dir}: {e.strerror}; set out_dir to a writable folder") from None
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+        run_dir, exist_ok = Path(os.environ[RUN_DIR_ENV]), True
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(cfg.out_dir) / f"{cfg.name}-{cfg.method.name}-{stamp}"
+        run_dir, i, exist_ok = base, 1, False
+        while run_dir.exists():
+            run_dir, i = Path(f"{base}-{i}"), i + 1
+    if first_process():
+        try:
+            run_dir.mkdir(parents=True, exist_ok=exist_ok)
+        except OSError as e:
+            raise UserError(f"cannot create run folder {run_dir}: {e.strerror}; set out_dir to a writable folder") from None
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
 
 
@@ -60,7 +74,8 @@ def prepare(cfg: Config, data_dir: str | None = None):
     if data_dir:
         cfg.data.data_dir = data_dir
     resolve_method_defaults(cfg)
-    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.subset, seed=cfg.seed)
+    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image).subset(cfg.data.subset,
+                                                                                                   seed=cfg.seed)
     world = int(cfg.trainer.devices) * cfg.trainer.num_nodes if str(cfg.trainer.devices).isdigit() else 1
     if cfg.data.batch_size * world > len(train):
         raise UserError(f"data.batch_size={cfg.data.batch_size} x {world} process(es) is larger than the dataset "
@@ -68,7 +83,8 @@ def prepare(cfg: Config, data_dir: str | None = None):
     test = None
     if train.labels is not None:
         try:
-            test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir).subset(cfg.data.test_subset, seed=cfg.seed)
+            test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, cfg.data.on_bad_image).subset(
+                cfg.data.test_subset, seed=cfg.seed)
         except UserError:
             test = None
     return train, test, world
@@ -85,6 +101,9 @@ def build_module(cfg: Config, train, test=None, world: int = 1):
     num_classes = train.num_classes if train.labels is not None else 0
     module = METHODS[cfg.method.name](cfg, train.channels, train.size, num_classes, mean, std, total, steps_per_epoch,
                                       seed_offset=rank)
+    for reg in module.regularisers:  # per-sample state (SAF's buffer) is sized before a checkpoint loads into it
+        if hasattr(reg, "setup_dataset"):
+            reg.setup_dataset(len(train))
     if test is not None and cfg.eval.knn_every_n_epochs:
         bank = train.subset(cfg.eval.knn_monitor_train, seed=cfg.seed)
         module.monitor = (bank.images, bank.labels, test.images, test.labels)
@@ -96,9 +115,12 @@ def build_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
         default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, max_steps=cfg.trainer.max_steps,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), sync_batchnorm=cfg.trainer.sync_batchnorm,
-        logger=[CSVLogger(run_dir, name="", version="logs"), TensorBoardLogger(run_dir, name="", version="tensorboard")],
-        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)]
+        logger=[appending_csv_logger(run_dir), TensorBoardLogger(run_dir, name="", version="tensorboard")],
+        callbacks=[CheckpointEvery(run_dir / CKPT_DIR, cfg.trainer.checkpoint_every_n_steps,
+                                   cfg.trainer.keep_checkpoints, describe(cfg))]
         + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.progress_bar else []),
+        plugins=[AtomicCheckpointIO(describe(cfg))],  # atomic writes with a checksum; weights-only reads
+        enable_checkpointing=False,  # no Lightning ModelCheckpoint: CheckpointEvery saves
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
         log_every_n_steps=cfg.trainer.log_every_n_steps, use_distributed_sampler=False, num_sanity_val_steps=0,
     )
@@ -106,17 +128,33 @@ def build_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
     return L.Trainer(**kwargs)
 
 
-def pretrain(cfg: Config, data_dir: str | None = None) -> Path:
+def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike | None = None) -> Path:
+    """Train and export; with `resume` (a run folder), continue it from its newest complete checkpoint."""
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    ckpt_path, ckpt = find_resume_checkpoint(resume, describe(cfg)) if resume else (None, None)
     train, test, world = prepare(cfg, data_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = make_run_dir(cfg)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     module = build_module(cfg, train, test, world)
+    if ckpt is not None:
+        check_state_matches(ckpt["state_dict"], module, ckpt_path)
+        start_step = int(ckpt.get("global_step", 0))
+        del ckpt  # Lightning loads it again, verified, once the trainer is set up
+        run_dir = Path(resume)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+    else:
+        start_step = 0
+        run_dir = make_run_dir(cfg)
+        if first_process():
+            atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     trainer = build_trainer(cfg, run_dir)
     t0 = time.time()
-    trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed))
+    try:
+        trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed), ckpt_path=ckpt_path)
+    except NonFiniteLoss as e:
+        kept = next((c.latest() for c in trainer.callbacks if isinstance(c, CheckpointEvery)), None)
+        where = f"the last checkpoint before it is {kept}" if kept else "no checkpoint was written before it"
+        raise UserError(f"{e}; {where}") from None
     train_seconds = time.time() - t0
     if trainer.global_rank != 0:
         return run_dir
@@ -124,11 +162,20 @@ def pretrain(cfg: Config, data_dir: str | None = None) -> Path:
     arch.update(mean=module.views.mean.flatten().tolist(), std=module.views.std.flatten().tolist(),
                 image_size=train.size, method=cfg.method.name, dataset=cfg.data.dataset)
     export_backbone(module.backbone, arch, run_dir)
+    steps = trainer.global_step - start_step  # this session's steps (all of them unless resumed)
     summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.global_step, "precision": trainer.precision,
-               "images_per_second": round(trainer.global_step * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1)}
+               "images_per_second": round(steps * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1)}
+    if ckpt_path is not None:
+        summary.update(resumed_from=str(ckpt_path), resumed_at_step=start_step)
+    if module.skipped_steps:
+        summary["skipped_nonfinite_steps"] = module.skipped_steps
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
     if cfg.eval.after_training and test is not None:
         from sharpshift.evaluation.run import evaluate_run
 
         evaluate_run(run_dir, cfg.data.data_dir)
+    if cfg.report.after_training:
+        from sharpshift.report import write_report_or_warn
+
+        write_report_or_warn(run_dir, cfg.data.data_dir)
     return run_dir

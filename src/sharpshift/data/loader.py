@@ -3,8 +3,13 @@
 The sampler shards a seeded permutation across processes (every process gets a disjoint slice of the
 same epoch's permutation) and yields index tensors; the dataset indexes the tensors once per batch.
 Nothing runs per image, and there are no worker processes to feed.
+
+The loader is resumable: its state is the sampler's position (epoch, batches already served), saved in
+every checkpoint, so a run resumed mid-epoch continues with the same order where it stopped.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import lightning as L
 import torch
@@ -18,9 +23,21 @@ class ShardedBatchSampler:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world, self.shuffle = rank, world, shuffle
         self.epoch = 0
+        self.start = 0  # batches of this epoch served before a resume: skipped once
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start = 0
         self.epoch = epoch
+
+    def position(self, served: int) -> dict:
+        """The state after `served` batches of the current epoch (a finished epoch points at the next)."""
+        if served >= len(self):
+            return {"epoch": self.epoch + 1, "served": 0}
+        return {"epoch": self.epoch, "served": served}
+
+    def load_position(self, state: dict) -> None:
+        self.epoch, self.start = int(state["epoch"]), int(state["served"])
 
     def __len__(self) -> int:
         return (self.n // self.world) // self.batch_size  # incomplete batches are dropped
@@ -32,8 +49,26 @@ class ShardedBatchSampler:
             order = torch.arange(self.n)
         per_rank = self.n // self.world
         mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        for b in range(len(self)):
+        start, self.start = self.start, 0
+        for b in range(start, len(self)):
             yield mine[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class ResumableLoader(DataLoader):
+    """Whole batches from a ShardedBatchSampler; Lightning checkpoints its state_dict (the position).
+
+    `served()` says how many batches of the current epoch training has finished: the sampler itself cannot
+    know, because the loop fetches a batch ahead."""
+
+    def __init__(self, dataset: Dataset, sampler: ShardedBatchSampler, served: Callable[[], int]):
+        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        self.served = served
+
+    def state_dict(self) -> dict:
+        return self.sampler.position(self.served())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_position(state)
 
 
 class IndexedBatches(Dataset):
@@ -59,7 +94,11 @@ class PretrainData(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
         sampler = ShardedBatchSampler(len(self.data), self.batch_size, self.seed, rank, world)
-        return DataLoader(IndexedBatches(self.data), sampler=sampler, batch_size=None, num_workers=0)
+        return ResumableLoader(IndexedBatches(self.data), sampler, self.batches_done)
+
+    def batches_done(self) -> int:
+        """Batches of the current epoch whose training step has run (Lightning's own count, restored on resume)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:

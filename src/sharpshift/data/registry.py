@@ -1,6 +1,7 @@
 """One entry point: load_dataset(name, split, data_dir) -> ImageDataset."""
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Callable
@@ -59,13 +60,17 @@ def _digits(split: str, data_dir: str | None) -> ImageDataset:
                         "digits", [str(i) for i in range(10)])
 
 
-def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -> ImageDataset:
+def load_dataset(name: str, split: str = "train", data_dir: str | None = None, on_bad_image: str = "skip") -> ImageDataset:
+    """`on_bad_image` (skip or fail) reaches the loaders that read files one by one (image folders)."""
     _load_optional_loaders()
     if name not in LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return LOADERS[name](split, data_dir)
+    loader = LOADERS[name]
+    if "on_bad" in inspect.signature(loader).parameters:
+        return loader(split, data_dir, on_bad=on_bad_image)
+    return loader(split, data_dir)
 
 
 def _load_optional_loaders() -> None:

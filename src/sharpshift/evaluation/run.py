@@ -24,8 +24,8 @@ def run_config(run_dir: Path) -> Config:
 
 def labelled_splits(cfg: Config, data_dir: str | None):
     """Train and test splits with labels, as the evaluation protocol needs."""
-    train = load_dataset(cfg.data.dataset, "train", data_dir or cfg.data.data_dir)
-    test = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir)
+    train = load_dataset(cfg.data.dataset, "train", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
+    test = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
     if train.labels is None or test.labels is None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no labels to evaluate with; evaluate on a labelled dataset")
     return train, test.subset(cfg.data.test_subset, seed=cfg.seed)

@@ -51,3 +51,23 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, 0)
+
+
+def all_true(flag: torch.Tensor) -> bool:
+    """True when a boolean flag is true in every process (one tiny all-reduce), so all take the same branch."""
+    if not is_distributed():
+        return bool(flag)
+    agreed = flag.detach().to(torch.int32).reshape(1).clone()
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+@torch.no_grad()
+def average_gradients(params) -> None:
+    """Mean of each gradient over processes, for parameters that DDP does not manage (the online probe)."""
+    if not is_distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()

@@ -10,6 +10,7 @@ Optimisation is manual (Lightning's manual optimisation), which is what two-pass
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -20,7 +21,9 @@ from torch import nn
 
 from sharpshift.config import Config, MethodConfig
 from sharpshift.data.views import ViewGenerator, view_params
+from sharpshift.losses.dist import average_gradients
 from sharpshift.models import build_backbone
+from sharpshift.nonfinite import NonFiniteLoss, check_finite
 from sharpshift.optim import build_optimizer, cosine_momentum, warmup_cosine
 
 
@@ -100,7 +103,12 @@ class SSLMethod(L.LightningModule):
         self.feat_dim: int = self.backbone.feat_dim
         self.views = ViewGenerator(view_params(cfg.views, self.recipe, image_size), mean, std, image_size,
                                    seed=cfg.seed * 1000 + seed_offset)
+        from sharpshift.methods.hooks import wrap_views
+
+        self.views = wrap_views(cfg, self, self.views)  # add-ons may extend the views (Fourier, RSA)
         self.probe = nn.Linear(self.feat_dim, num_classes) if cfg.eval.online_probe and num_classes else None
+        if self.probe is not None:  # its loss never goes through DDP's forward: DDP must not wait for its grads
+            self._ddp_params_and_buffers_to_ignore = [f"probe.{n}" for n, _ in self.probe.named_parameters()]
         self.build_heads()
         if cfg.model.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -110,6 +118,14 @@ class SSLMethod(L.LightningModule):
         self.stepper: Stepper = build_stepper(cfg, self)
         self.monitor: tuple[torch.Tensor, ...] | None = None  # (train_x, train_y, test_x, test_y) for kNN
         self._probe_hits = torch.zeros(2)
+        self.skipped_steps = 0  # non-finite losses skipped (trainer.on_nonfinite=skip)
+
+    def setup(self, stage: str) -> None:
+        # The global rank is known now, however the processes were launched (Lightning, torchrun, SLURM):
+        # one view stream per process. A resumed run then restores the stream it had reached.
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.views.seed = self.cfg.seed * 1000 + self.trainer.global_rank
+            self.views._gen = None
 
     # --- what a method defines -------------------------------------------------------------------
     def build_heads(self) -> None:
@@ -164,9 +180,19 @@ class SSLMethod(L.LightningModule):
             out = self.compute_loss(ctx)
             for reg in self.regularisers:
                 out.add(reg(self, ctx, out))
+            check_finite(out, self.global_step)  # before backward: a NaN never reaches the weights
             return out
 
-        out = self.stepper(self, opts[0], closure)
+        try:
+            out = self.stepper(self, opts[0], closure)
+        except NonFiniteLoss as e:
+            if self.cfg.trainer.on_nonfinite != "skip":
+                raise
+            opts[0].zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            warnings.warn(f"skipped step {e.step}: term {e.term!r} is {e.value} ({self.skipped_steps} skipped)",
+                          stacklevel=1)
+            return None
         self.after_optimizer_step(ctx, out)
         for reg in self.regularisers:
             if hasattr(reg, "after_step"):
@@ -187,7 +213,8 @@ class SSLMethod(L.LightningModule):
         logits = self.probe(feats[known].float())
         loss = F.cross_entropy(logits, labels[known])
         opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        loss.backward()  # outside DDP (see __init__); the processes average the probe's gradients themselves
+        average_gradients(self.probe.parameters())
         opt.optimizer.step()  # the raw optimizer: Lightning counts global_step on the main optimizer only
         hits = torch.stack([(logits.argmax(1) == labels[known]).sum(), known.sum()]).float().cpu()
         self._probe_hits += hits

@@ -25,6 +25,10 @@ class BYOL(SSLMethod):
         return [self.target_backbone, self.target_projector]
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
+        if self.cfg.rsa.enabled:  # weak/aggressive views, decaying weight (sharpshift.shift.rsa)
+            from sharpshift.shift.rsa import rsa_loss
+
+            return rsa_loss(self, ctx)
         v1, v2 = ctx.views[0], ctx.views[1]
         feats, z = self.encode([v1, v2], self.backbone, self.projector)
         p = list(self.predictor(torch.cat(z)).chunk(2))

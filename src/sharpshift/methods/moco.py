@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sharpshift.amcl.heads import projection_heads, temperature_net
+from sharpshift.amcl.steps import amcl_loss
 from sharpshift.losses import infonce_queue
 from sharpshift.losses.dist import gather_no_grad
 from sharpshift.methods.base import SSLMethod, StepContext, StepOutput, ema_update, frozen_copy
@@ -21,10 +23,13 @@ class MoCo(SSLMethod):
 
     def build_heads(self) -> None:
         m = self.mcfg
-        self.projector = mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=2)
+        self.projector = projection_heads(self.cfg, lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim,
+                                                                layers=2))
+        self.amcl_phi = temperature_net(self.cfg)  # AMCL's shared temperature network; None when amcl is off
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
-        queue = F.normalize(torch.randn(m.queue_size, m.proj_output_dim), dim=1)
+        heads = (self.cfg.amcl.heads,) if self.cfg.amcl.enabled else ()  # AMCL: (K, C, d), one queue per head
+        queue = F.normalize(torch.randn(m.queue_size, *heads, m.proj_output_dim), dim=-1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
@@ -32,6 +37,12 @@ class MoCo(SSLMethod):
         return [self.target_backbone, self.target_projector]
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
+        if self.cfg.rsa.enabled:  # weak/aggressive views, decaying weight (sharpshift.shift.rsa)
+            from sharpshift.shift.rsa import rsa_loss
+
+            return rsa_loss(self, ctx)
+        if self.amcl_phi is not None:  # C heads, adaptive temperatures (sharpshift.amcl)
+            return amcl_loss(self, ctx)
         v1, v2 = ctx.views[0], ctx.views[1]
         feats, q = self.encode([v1, v2], self.backbone, self.projector)
         with torch.no_grad():
@@ -42,7 +53,7 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def after_optimizer_step(self, ctx: StepContext, out: StepOutput) -> None:
-        self.enqueue(gather_no_grad(F.normalize(out.extra["keys"].float(), dim=1)))
+        self.enqueue(gather_no_grad(F.normalize(out.extra["keys"].float(), dim=-1)))
         decay = self.momentum()
         ema_update(self.target_backbone, self.backbone, decay)
         ema_update(self.target_projector, self.projector, decay)

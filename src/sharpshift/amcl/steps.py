@@ -1,0 +1,78 @@
+"""One AMCL training step per base method: called from the method's compute_loss when amcl.enabled.
+
+The methods build `projector` (and SimSiam's `predictor`) with amcl.heads.projection_heads, so their outputs
+are (n, C, d); `amcl_phi` is the shared temperature network. The step output keeps head 0's projections in
+`proj` (what add-ons that read projections expect: (n, d) per view) and every head's in extra["heads"].
+Evaluation never sees the heads: it reads the backbone.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import torch
+
+from sharpshift.amcl.losses import amcl_barlow_twins, amcl_infonce_queue, amcl_nt_xent, amcl_simsiam
+
+if TYPE_CHECKING:
+    from sharpshift.methods.base import SSLMethod, StepContext, StepOutput
+
+
+def _temperature_kwargs(m: "SSLMethod") -> dict:
+    a = m.cfg.amcl
+    return dict(beta=a.resolved_beta(m.name), tau_min=a.tau_min, tau_max=a.tau_max)
+
+
+def _output(loss, stats: dict, feats, z, **extra) -> "StepOutput":
+    from sharpshift.methods.base import StepOutput
+
+    terms = {"amcl": loss.detach(), **{f"amcl_{k}": v for k, v in stats.items()}}
+    return StepOutput(loss, terms, feats, [v[:, 0] for v in z], extra=dict(extra, heads=z))
+
+
+def _mean_results(results: list) -> tuple[torch.Tensor, dict]:
+    loss = sum(r[0] for r in results) / len(results)
+    stats = {k: sum(r[1][k] for r in results) / len(results) for k in results[0][1]}
+    return loss, stats
+
+
+def simclr_step(m, ctx: "StepContext") -> "StepOutput":
+    feats, z = m.encode(ctx.views, m.backbone, m.projector)
+    pairs = list(itertools.combinations(range(len(z)), 2))  # more than two views: mean over pairs, as the base
+    kw = dict(_temperature_kwargs(m), topk=m.cfg.amcl.topk)
+    loss, stats = _mean_results([amcl_nt_xent(z[a], z[b], m.amcl_phi, **kw) for a, b in pairs])
+    return _output(loss, stats, feats, z)
+
+
+def moco_step(m, ctx: "StepContext") -> "StepOutput":
+    v1, v2 = ctx.views[0], ctx.views[1]
+    feats, q = m.encode([v1, v2], m.backbone, m.projector)
+    with torch.no_grad():
+        _, k = m.encode([v1, v2], m.target_backbone, m.target_projector)
+    kw = dict(_temperature_kwargs(m), topk=m.cfg.amcl.topk)
+    # symmetric over the two views, as the base MoCo v2+ (the official AMCL code swaps query and key instead);
+    # both directions in one batch: the mean over its 2n queries is the mean of the two directions
+    loss, stats = amcl_infonce_queue(torch.cat([q[0], q[1]]), torch.cat([k[1], k[0]]), m.queue, m.amcl_phi, **kw)
+    return _output(loss, stats, feats, q, keys=k[1])  # keys (n, C, d): one per head for its queue
+
+
+def simsiam_step(m, ctx: "StepContext") -> "StepOutput":
+    feats, z = m.encode(ctx.views[:2], m.backbone, m.projector)
+    p = list(m.predictor(torch.cat(z)).chunk(2))  # head c's predictor reads head c's projection
+    loss, stats = amcl_simsiam(p[0], p[1], z[0], z[1], m.amcl_phi, **_temperature_kwargs(m))
+    return _output(loss, stats, feats, z, pred=p)
+
+
+def barlow_step(m, ctx: "StepContext") -> "StepOutput":
+    feats, z = m.encode(ctx.views[:2], m.backbone, m.projector)
+    loss, stats = amcl_barlow_twins(z[0], z[1], m.amcl_phi, lambd=m.mcfg.barlow_lambda, scale=m.mcfg.barlow_scale,
+                                    **_temperature_kwargs(m))
+    return _output(loss, stats, feats, z)
+
+
+STEPS = {"simclr": simclr_step, "moco": moco_step, "simsiam": simsiam_step, "barlow": barlow_step}
+
+
+def amcl_loss(m: "SSLMethod", ctx: "StepContext") -> "StepOutput":
+    """The AMCL version of m.compute_loss(ctx)."""
+    return STEPS[m.name](m, ctx)

@@ -1,0 +1,174 @@
+"""SAF and MESA (Du et al., NeurIPS 2022) as loss regularisers for SSL.
+
+Both add lambda * tau^2 * KL(softmax(target / tau) || softmax(now / tau)) with the projector output as the
+logit vector (our SSL form; the paper is supervised). The gradient flows through `now` only.
+- SAF: the target is the sample's own output E epochs ago, kept in a per-sample ring buffer of E+1 slots.
+- MESA: the target is an EMA copy of backbone + projector, in eval mode, on the same views.
+The loss is averaged over the views; SAF stores the mean of a sample's view outputs (our choice).
+Buffers and the EMA teacher are written in `after_step`, once per optimizer step, so they are safe
+under SAM's two passes.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharpshift.losses.dist import gather_no_grad
+from sharpshift.losses.precision import fp32
+from sharpshift.methods.hooks import REGULARISERS
+from sharpshift.sharpness.config import MESAConfig, SAFConfig, auto_start_epoch
+
+NEVER = -(2**30)  # "epoch written" of an empty slot
+
+
+@fp32
+def trajectory_kl(now: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """tau^2 * mean_i KL(softmax(target_i / tau) || softmax(now_i / tau)), as the official SAF/MESA code.
+    The softmax is over the last dimension; any leading dimensions (samples, heads) are averaged."""
+    log_p_now = F.log_softmax(now / temperature, dim=-1)
+    log_p_target = F.log_softmax(target.detach() / temperature, dim=-1)
+    kl = (log_p_target.exp() * (log_p_target - log_p_now)).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def views_kl(now: list[torch.Tensor], target: list[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over views; `target` is one tensor for all views or one per view."""
+    targets = target if isinstance(target, list) else [target] * len(now)
+    return sum(trajectory_kl(n, t, temperature) for n, t in zip(now, targets)) / len(now)
+
+
+class SAF(nn.Module):
+    """Per-sample ring buffer of past projector outputs, E+1 slots indexed by dataset index.
+
+    Epoch e writes slot e % (E+1) and reads slot (e - E) % (E+1); a slot counts only if it was written in epoch
+    e - E exactly (a sample dropped with an incomplete batch that epoch has no target). Memory:
+    N x (E+1) x D x (4 or 2 bytes) + N x (E+1) x 4 bytes, e.g. 60,000 x 4 x 128 x 4 B = 123 MB for
+    Fashion-MNIST at E=3 in float32 (61 MB in float16). The training loop sizes the buffer to the dataset
+    (`setup_dataset`) before a checkpoint loads into it, so a resumed run keeps its targets; used alone it
+    grows with the largest index written. Under DDP every process writes the whole global batch, so each
+    holds the full buffer whatever shard a sample lands in next epoch.
+    """
+
+    def __init__(self, cfg: SAFConfig, max_epochs: int, out_shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.cfg = cfg
+        self.slots = cfg.epochs_ago + 1
+        self.start_epoch = max(auto_start_epoch(cfg.start_epoch, max_epochs), cfg.epochs_ago)
+        self.dtype = torch.float16 if cfg.buffer_dtype == "float16" else torch.float32
+        self.out_shape = tuple(out_shape)  # per sample and slot, e.g. (D,); () = learn it from the first write
+        self.register_buffer("past", torch.zeros(0, self.slots, *self.out_shape, dtype=self.dtype))
+        self.register_buffer("written", torch.zeros(0, self.slots, dtype=torch.int32))
+
+    def setup_dataset(self, n: int) -> None:
+        if self.out_shape:
+            self.ensure_capacity(n, self.out_shape)
+
+    def ensure_capacity(self, n: int, out_shape: tuple[int, ...]) -> None:
+        """Grow (geometrically) to hold indices < n; keeps what is stored."""
+        out_shape = tuple(out_shape)
+        same = tuple(self.past.shape[2:]) == out_shape
+        if same and self.past.shape[0] >= n:
+            return
+        size = max(n, int(self.past.shape[0] * 1.5)) if same else n
+        past = torch.zeros(size, self.slots, *out_shape, dtype=self.dtype, device=self.past.device)
+        written = torch.full((size, self.slots), NEVER, dtype=torch.int32, device=self.written.device)
+        if same:
+            past[: self.past.shape[0]] = self.past
+            written[: self.written.shape[0]] = self.written
+        self.past, self.written, self.out_shape = past, written, out_shape
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("past", "written"):  # take the checkpoint's size
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def read(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets, valid mask) for these samples: their outputs from epoch - E."""
+        slot = (epoch - self.cfg.epochs_ago) % self.slots
+        if self.past.shape[0] == 0:
+            nothing = torch.zeros(len(indices), dtype=torch.bool, device=indices.device)
+            return self.past.new_zeros(len(indices), *self.past.shape[2:]), nothing
+        inside = indices < self.past.shape[0]
+        idx = indices.clamp(max=self.past.shape[0] - 1)
+        valid = inside & (self.written[idx, slot] == epoch - self.cfg.epochs_ago)
+        return self.past[idx, slot], valid
+
+    @torch.no_grad()
+    def write(self, indices: torch.Tensor, outputs: torch.Tensor, epoch: int) -> None:
+        self.ensure_capacity(int(indices.max()) + 1, tuple(outputs.shape[1:]))
+        slot = epoch % self.slots
+        self.past[indices, slot] = outputs.to(self.dtype)
+        self.written[indices, slot] = epoch
+
+    def forward(self, method, ctx, out) -> dict[str, torch.Tensor]:
+        if ctx.epoch < self.start_epoch or self.cfg.weight == 0:
+            return {}
+        target, valid = self.read(ctx.indices, ctx.epoch)
+        if not bool(valid.any()):
+            return {}
+        loss = views_kl([z[valid] for z in out.proj], target[valid], self.cfg.temperature)
+        return {"saf": self.cfg.weight * loss}
+
+    def after_step(self, method, ctx, out) -> None:
+        mean_output = torch.stack([z.detach().float() for z in out.proj]).mean(0)  # mean over views: our choice
+        self.write(gather_no_grad(ctx.indices), gather_no_grad(mean_output), ctx.epoch)
+
+
+@torch.no_grad()
+def ema_parameters_and_buffers(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """timm's ModelEmaV2: every float parameter and buffer (BN running stats too) is averaged."""
+    t = [v for v in target.state_dict().values() if v.is_floating_point()]
+    o = [v.detach() for v in online.state_dict().values() if v.is_floating_point()]
+    torch._foreach_lerp_(t, o, 1.0 - decay)
+    for tv, ov in zip(target.state_dict().values(), online.state_dict().values()):
+        if not tv.is_floating_point():
+            tv.copy_(ov)
+
+
+class MESA(nn.Module):
+    """An EMA teacher (backbone + projector, eval mode) whose outputs on the same views are the KL targets."""
+
+    def __init__(self, cfg: MESAConfig, method, max_epochs: int):
+        super().__init__()
+        self.cfg = cfg
+        self.decay = cfg.resolved_decay(method.total_steps)
+        self.start_epoch = auto_start_epoch(cfg.start_epoch, max_epochs)
+        self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(method.backbone),
+                                      "projector": copy.deepcopy(method.projector)})
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, method, ctx, out) -> dict[str, torch.Tensor]:
+        if ctx.epoch < self.start_epoch or self.cfg.weight == 0:
+            return {}
+        self.teacher.eval()  # always its running BN statistics, as timm's ModelEmaV2 (set here: Lightning calls train())
+        with torch.no_grad():
+            views = ctx.views[: len(out.proj)]  # the views the method projected (Barlow uses the first two)
+            _, target = method.encode(views, self.teacher["backbone"], self.teacher["projector"])
+        return {"mesa": self.cfg.weight * views_kl(out.proj, target, self.cfg.temperature)}
+
+    def after_step(self, method, ctx, out) -> None:
+        ema_parameters_and_buffers(self.teacher["backbone"], method.backbone, self.decay)
+        ema_parameters_and_buffers(self.teacher["projector"], method.projector, self.decay)
+
+
+def build_saf(cfg, method) -> SAF | None:
+    saf = getattr(cfg, "saf", None)
+    if saf is None or not saf.enabled:
+        return None
+    dim = method.mcfg.proj_output_dim
+    amcl = getattr(cfg, "amcl", None)
+    heads = (amcl.heads,) if amcl is not None and amcl.enabled else ()  # AMCL's projector gives (N, C, D)
+    return SAF(saf, cfg.trainer.max_epochs, out_shape=(*heads, dim) if dim else ())
+
+
+def build_mesa(cfg, method) -> MESA | None:
+    mesa = getattr(cfg, "mesa", None)
+    return MESA(mesa, method, cfg.trainer.max_epochs) if mesa is not None and mesa.enabled else None
+
+
+REGULARISERS.extend([build_saf, build_mesa])

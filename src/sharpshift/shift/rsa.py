@@ -1,0 +1,133 @@
+"""RSA (Bai et al., NeurIPS 2022): reduce the semantic shift of aggressive augmentations.
+
+Views come in two stages from the same crop: weak v_w = crop + flip, aggressive v_a = colour jitter,
+grayscale, blur (and solarize, when the recipe has it) applied on top of that weak view. Aggressive views go
+to the online network only, weak views to the target only, and the loss mixes the two kinds of pairs:
+
+    (1 - beta_k) L(online(a1), target(w2)) + beta_k L(online(a1), sg online(a2))  + the symmetric terms
+    beta_k = beta_base * (1 + cos(pi k / K)) / 2      (per step k of K; Eq. 6)
+
+so early training also learns from the aggressive-aggressive pairs and late training only from the
+aggressive-weak ones, whose semantics agree more. BYOL follows the paper (L = 2 - 2 cos, predictor outputs
+on both sides of the aggressive-aggressive pair). SimCLR and MoCo get the same weighting as our
+generalisation (docs/shift.md): the weak views are their stop-gradient keys.
+
+Views are ordered [a1, a2, w1, w2]; `feats` and `proj` of the step output hold the online (aggressive) ones.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from sharpshift.data.views import ViewParams, color_jitter, gaussian_blur, random_grayscale, resized_crop_flip, solarize
+from sharpshift.losses import byol_loss, infonce_queue, nt_xent
+
+if TYPE_CHECKING:
+    from sharpshift.methods.base import SSLMethod, StepContext, StepOutput
+
+
+# --- views ------------------------------------------------------------------------------------------
+def weak_view(x: torch.Tensor, p: ViewParams, g: torch.Generator, out_size: int) -> torch.Tensor:
+    """Stage 1: random resized crop + flip only."""
+    return resized_crop_flip(x, p, g, out_size).clamp(0, 1)
+
+
+def aggressive_view(weak: torch.Tensor, p: ViewParams, g: torch.Generator) -> torch.Tensor:
+    """Stage 2, on top of the weak view: the recipe's photometric ops (grayscale-aware: one-channel images
+    skip saturation, hue and grayscale, as in sharpshift.data.views)."""
+    x = color_jitter(weak, p, g) if p.jitter_p > 0 else weak
+    x = random_grayscale(x, p, g)
+    x = gaussian_blur(x, p, g)
+    return solarize(x, p, g).clamp(0, 1)
+
+
+def multi_stage_views(x: torch.Tensor, params: list[ViewParams], g: torch.Generator, out_size: int) -> list[torch.Tensor]:
+    """[a1, ..., aV, w1, ..., wV] in [0, 1]: the aggressive views first, then the weak ones they were made from."""
+    weak = [weak_view(x, p, g, out_size) for p in params]
+    return [aggressive_view(w, p, g) for w, p in zip(weak, params)] + weak
+
+
+# --- schedule and weighting -------------------------------------------------------------------------
+def beta_k(step: int, total_steps: int, beta_base: float, schedule: str = "cosine") -> float:
+    """Weight of the aggressive-aggressive pairs at step k: beta_base -> 0 along a half cosine (Eq. 6)."""
+    if schedule == "constant":
+        return beta_base
+    k = min(max(step, 0), total_steps)
+    return beta_base * (1 + math.cos(math.pi * k / max(total_steps, 1))) / 2
+
+
+def mix(aggr_weak: torch.Tensor, aggr_aggr: torch.Tensor, beta: float) -> torch.Tensor:
+    return (1 - beta) * aggr_weak + beta * aggr_aggr
+
+
+def byol_rsa_terms(p: list[torch.Tensor], z_target_weak: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(aggressive-weak, aggressive-aggressive) BYOL losses, each summed over both directions as BYOL does.
+    p: online predictions of a1, a2; z_target_weak: target projections of w1, w2."""
+    aggr_weak = byol_loss(p[0], z_target_weak[1]) + byol_loss(p[1], z_target_weak[0])
+    aggr_aggr = byol_loss(p[0], p[1].detach()) + byol_loss(p[1], p[0].detach())
+    return aggr_weak, aggr_aggr
+
+
+def simclr_rsa_terms(z: list[torch.Tensor], z_weak: list[torch.Tensor], temperature: float):
+    """NT-Xent between an aggressive view and the other crop's stop-gradient weak view (averaged over the two
+    directions), and plain NT-Xent between the two aggressive views."""
+    aggr_weak = (nt_xent(z[0], z_weak[1].detach(), temperature) + nt_xent(z[1], z_weak[0].detach(), temperature)) / 2
+    return aggr_weak, nt_xent(z[0], z[1], temperature)
+
+
+def moco_rsa_terms(q: list[torch.Tensor], k_weak: list[torch.Tensor], queue: torch.Tensor, temperature: float):
+    """InfoNCE against the queue with the key from the target's weak view, or from the other aggressive
+    view's stop-gradient query; each averaged over the two directions as MoCo v2+ does."""
+    t = temperature
+    aggr_weak = (infonce_queue(q[0], k_weak[1], queue, t) + infonce_queue(q[1], k_weak[0], queue, t)) / 2
+    aggr_aggr = (infonce_queue(q[0], q[1].detach(), queue, t) + infonce_queue(q[1], q[0].detach(), queue, t)) / 2
+    return aggr_weak, aggr_aggr
+
+
+# --- one step per method (called from the methods' compute_loss when rsa.enabled) -------------------------
+def current_beta(m: "SSLMethod", ctx: "StepContext") -> float:
+    return beta_k(ctx.step, m.total_steps, m.cfg.rsa.beta_base, m.cfg.rsa.schedule)
+
+
+def _output(m, ctx, aggr_weak, aggr_aggr, feats, proj, **extra) -> "StepOutput":
+    from sharpshift.methods.base import StepOutput
+
+    beta = current_beta(m, ctx)
+    loss = mix(aggr_weak, aggr_aggr, beta)
+    terms = {"rsa_aggr_weak": aggr_weak.detach(), "rsa_aggr_aggr": aggr_aggr.detach()}
+    return StepOutput(loss, terms, feats, proj, extra=dict(extra, rsa_beta=beta))
+
+
+def byol_step(m, ctx: "StepContext") -> "StepOutput":
+    a1, a2, w1, w2 = ctx.views
+    feats, z = m.encode([a1, a2], m.backbone, m.projector)
+    p = list(m.predictor(torch.cat(z)).chunk(2))
+    with torch.no_grad():
+        _, zt = m.encode([w1, w2], m.target_backbone, m.target_projector)
+    return _output(m, ctx, *byol_rsa_terms(p, zt), feats, z, pred=p, target=zt)
+
+
+def simclr_step(m, ctx: "StepContext") -> "StepOutput":
+    a1, a2, w1, w2 = ctx.views
+    feats, z = m.encode([a1, a2], m.backbone, m.projector)
+    with torch.no_grad():  # no target network: the weak views are stop-gradient keys of the same network
+        _, zw = m.encode([w1, w2], m.backbone, m.projector)
+    return _output(m, ctx, *simclr_rsa_terms(z, zw, m.mcfg.temperature), feats, z)
+
+
+def moco_step(m, ctx: "StepContext") -> "StepOutput":
+    a1, a2, w1, w2 = ctx.views
+    feats, q = m.encode([a1, a2], m.backbone, m.projector)
+    with torch.no_grad():
+        _, k = m.encode([w1, w2], m.target_backbone, m.target_projector)
+    return _output(m, ctx, *moco_rsa_terms(q, k, m.queue, m.mcfg.temperature), feats, q, keys=k[1])
+
+
+STEPS = {"byol": byol_step, "simclr": simclr_step, "moco": moco_step}
+
+
+def rsa_loss(m, ctx: "StepContext") -> "StepOutput":
+    """The RSA version of m.compute_loss(ctx), for the methods in STEPS."""
+    return STEPS[m.name](m, ctx)
