@@ -5,8 +5,10 @@ clipping), one with amcl.enabled=false, and timed in ONE process (one thread) in
 machine noise hits both alike. Each step is timed twice: wall clock, and the CPU time of this process, which on a
 shared machine is the steadier measure of the work a step does (other processes steal wall time, not CPU time).
 The ratio of the median post-warm-up step times is what counts; absolute times are for this machine only.
+`sharpshift bench speed` measures AMCL on SimCLR only (into docs/benchmarks.md); this script covers all four
+base methods. Run it on a quiet machine:
 
-    .venv/bin/python benchmarks/amcl_speed.py --out docs/results/amcl_speed.json
+    .venv/bin/python benchmarks/amcl_speed.py [--methods simclr,moco,barlow,simsiam] [--out FILE.json]
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=Path("docs/results/amcl_speed.json"))
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     train = load_dataset("fashion-mnist", "train")
@@ -98,8 +100,9 @@ def main() -> None:
     result = {"machine": machine(), "batch_size": args.batch_size, "backbone": "convnet (width 32)",
               "precision": "fp32", "rounds": args.rounds, "steps_per_round": args.steps, "warmup": args.warmup,
               "wall_s": round(time.time() - t0, 1), "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
     print("| method | single head, CPU s/step | AMCL 3 heads, CPU s/step | ratio (CPU) | ratio (wall) |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -3,9 +3,11 @@
 Rounds alternate (base, +DSA variants, base, ...) so machine noise hits all alike; the figure is the
 ratio of the medians of post-warm-up steps. Also: peak memory (resident-set high-water mark above the
 start) of DSA's N x N part, forward and backward of all four relations and both losses, ours against the
-official construction.
+official construction (each in a fresh process; the official one needs about 2 GB at N = 512).
+`sharpshift bench speed` measures DSA on SimCLR (into docs/benchmarks.md); this script adds BYOL and the memory.
 
-    .venv/bin/python benchmarks/dsa_speed.py [--threads 1] [--out docs/results/dsa_speed.json]
+    .venv/bin/python benchmarks/dsa_speed.py [--threads 1] [--out FILE.json]
+    .venv/bin/python benchmarks/dsa_speed.py --memory-only      # the memory figures alone, no training steps
 """
 from __future__ import annotations
 
@@ -81,23 +83,29 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("docs/results/dsa_speed.json"))
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak memory of the N x N part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    times: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
-            for label, method, dsa in CASES:
-                times[label] += step_times(method, dsa, args.batch, args.steps, args.warmup, Path(tmp))
-    median = {k: statistics.median(v) for k, v in times.items()}
-    result = {"batch_size": args.batch, "threads": args.threads, "steps_each": args.steps * args.rounds,
-              "step_s": {k: round(v, 4) for k, v in median.items()},
-              "ratio_to_base": {k: round(v / median[k.split("+")[0]], 3) for k, v in median.items() if "+" in k},
-              "peak_mb_dsa_part": {f"ours N={n}": peak_memory_mb(n, 128, "ours") for n in (256, 1024)}}
+    result: dict = {"threads": args.threads}
+    if not args.memory_only:
+        times: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.rounds):
+                for label, method, dsa in CASES:
+                    times[label] += step_times(method, dsa, args.batch, args.steps, args.warmup, Path(tmp))
+        median = {k: statistics.median(v) for k, v in times.items()}
+        result.update({"batch_size": args.batch, "steps_each": args.steps * args.rounds,
+                       "step_s": {k: round(v, 4) for k, v in median.items()},
+                       "ratio_to_base": {k: round(v / median[k.split("+")[0]], 3)
+                                         for k, v in median.items() if "+" in k}})
+    # emb 128 = our SimCLR/MoCo/BYOL projector width; adjuster hidden 64 and chunk 64 MB, the defaults
+    result["peak_mb_dsa_part"] = {f"ours N={n}": peak_memory_mb(n, 128, "ours") for n in (256, 1024)}
     result["peak_mb_dsa_part"].update({f"official construction N={n}": peak_memory_mb(n, 128, "official")
                                        for n in (256, 512)})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -77,10 +77,10 @@ def method_module(name: str, overrides: tuple[str, ...] = ()):
     return module.eval()
 
 
-def method_views(seed: int = 5) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+def method_views(seed: int = 5, count: int = 2) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (N, 1, 8, 8), dtype=torch.uint8, generator=g)
-    views = [torch.randn(N, 1, 8, 8, generator=g) for _ in range(2)]
+    views = [torch.randn(N, 1, 8, 8, generator=g) for _ in range(count)]
     return images, views, torch.arange(N)
 
 
@@ -102,7 +102,7 @@ def method_case(case: "MethodCase", lo: int, hi: int, world: int):
         prefill_saf(module, case.saf_epoch - 1)
     if case.move_teacher:
         move_teacher(module)
-    images, views, indices = method_views()
+    images, views, indices = method_views(count=case.views)
     ctx = StepContext(images[lo:hi], torch.full((hi - lo,), -1), indices[lo:hi], [v[lo:hi] for v in views], 0,
                       case.saf_epoch or 0)
 
@@ -157,11 +157,13 @@ class MethodCase:
     stepper: bool = False  # compare the parameters after the stepper's update (SAM)
     move_teacher: bool = False  # MESA: a teacher equal to the student gives a zero term; move it away first
     per_process: str = ""  # why this case is, by design, not equal to one process (then the test is xfail)
+    views: int = 2  # views per image in the step (RSA: [a1, a2, w1, w2])
 
 
 # the base methods, then each add-on on a method that supports it. Not here: AMCL on Barlow Twins, whose
 # temperature network reads each process's batch (its input size is the per-process batch), so one process
-# on the concatenated batch is a different network (sharpshift.amcl.losses.amcl_barlow_twins).
+# on the concatenated batch is a different network (sharpshift.amcl.losses.amcl_barlow_twins); and Fourier
+# views, which change only how views are made (each process from its own batch and generator), not the loss.
 METHOD_CASES: list[MethodCase] = [MethodCase(m, m) for m in LOSS_CASES] + [
     MethodCase("simclr+amcl", "simclr", ("amcl.enabled=true", "amcl.heads=2", "amcl.phi_hidden=8")),
     MethodCase("moco+amcl", "moco", ("amcl.enabled=true", "amcl.heads=2", "amcl.phi_hidden=8")),
@@ -170,6 +172,11 @@ METHOD_CASES: list[MethodCase] = [MethodCase(m, m) for m in LOSS_CASES] + [
     MethodCase("byol+mesa", "byol", ("mesa.enabled=true", "mesa.start_epoch=0"), move_teacher=True),
     MethodCase("simclr+sam", "simclr", ("sam.enabled=true", "sam.rho=0.5"), stepper=True),
     MethodCase("byol+asam", "byol", ("sam.enabled=true", "sam.adaptive=true", "sam.perturb=all"), stepper=True),
+    # RSA (rsa.enabled): its own loss on [a1, a2, w1, w2], weak views as keys/targets; beta_k > 0 at step 0,
+    # so both the aggressive-weak and the aggressive-aggressive terms act
+    MethodCase("simclr+rsa", "simclr", ("rsa.enabled=true",), views=4),
+    MethodCase("moco+rsa", "moco", ("rsa.enabled=true",), views=4),
+    MethodCase("byol+rsa", "byol", ("rsa.enabled=true",), views=4),
     MethodCase("simclr+dsa", "simclr", ("dsa.enabled=true", "dsa.prior=random", "dsa.neighbours=2",
                                         "dsa.hidden_dim=8"),
                per_process="DSA's N x N relations and losses are per process (sharpshift.dsa.regulariser)"),

@@ -294,6 +294,8 @@ def test_methods_train_with_amcl(name, tmp_path):
     module, before, trainer = fit(cfg, tmp_path, steps=3)
     assert trainer.global_step == 3
     assert isinstance(module.projector, MultiHead) and len(module.projector.heads) == 2
+    w0, w1 = (next(h.parameters()) for h in module.projector.heads)
+    assert w0.data_ptr() != w1.data_ptr() and not torch.equal(w0, w1)  # independent weights
     phi_w = module.amcl_phi.net[0].weight
     assert not torch.equal(phi_w, before["amcl_phi.net.0.weight"])  # the optimizer trains phi
     assert any(not torch.equal(v, before[f"backbone.{k}"]) for k, v in module.backbone.state_dict().items())
@@ -339,6 +341,13 @@ def test_config_rejects_impossible_values(override):
         load_config(None, [override])
 
 
+def test_default_beta_per_method_and_override():
+    cfg = load_config(None, ["amcl.enabled=true"]).amcl
+    assert cfg.heads == 3 and (cfg.tau_min, cfg.tau_max) == (1e-5, 2.0) and cfg.topk == 100
+    assert [cfg.resolved_beta(m) for m in ("simclr", "moco", "simsiam", "barlow")] == [1e-4, 1e-4, 1e-4, 1e-6]
+    assert load_config(None, ["amcl.beta=0.5"]).amcl.resolved_beta("barlow") == 0.5
+
+
 @pytest.mark.parametrize("name", ["amcl-simclr", "amcl-moco", "amcl-barlow", "amcl-simsiam"])
 def test_shipped_configs_turn_amcl_on(name):
     cfg = load_config(name)
@@ -359,3 +368,12 @@ def test_similarity_histograms_per_head(tmp_path):
     assert len(heads) == 3 and heads[0]["pos"].shape == (20,) and heads[0]["neg"].shape == (20 * 19,)
     plot_histograms({"amcl": heads}, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_cli_registers_the_histogram_command():
+    from typer.testing import CliRunner
+
+    from sharpshift.cli import app
+
+    r = CliRunner().invoke(app, ["diagnose", "amcl", "--help"])
+    assert r.exit_code == 0 and "histogram" in r.output

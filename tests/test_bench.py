@@ -1,7 +1,9 @@
 """The benchmark machinery (not the benchmarks): grid resume, statistics, table rendering."""
 import statistics
+from pathlib import Path
 
 import pytest
+import torch
 
 from sharpshift.bench import grid
 from tests.conftest import tiny_config  # noqa: F401  (same tiny budget as the method tests)
@@ -67,3 +69,111 @@ def test_recorded_row_is_reused_without_a_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sharpshift.train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     again = grid.run_cell(cell, 0, TINY, tmp_path / "runs", record=tmp_path / "rec")
     assert again["linear_top1"] == row["linear_top1"] and "run_dir" not in again
+
+
+def test_dsa_cells_share_one_prior_run_and_supervised_cell_trains_with_labels(tmp_path, monkeypatch):
+    import yaml
+
+    trained = []
+    real_train = grid._train
+    monkeypatch.setattr(grid, "_train", lambda cell, ov, d: (trained.append(cell.name), real_train(cell, ov, d)))
+    grid.run_cell(grid.CELLS["dsa-simclr"], 0, TINY, tmp_path)
+    grid.run_cell(grid.CELLS["dsa-byol"], 0, TINY, tmp_path)
+    assert trained == ["dsa-prior", "dsa-simclr", "dsa-byol"]  # the prior is trained once per budget
+    for name in ("dsa-simclr", "dsa-byol"):
+        cfg = yaml.safe_load((tmp_path / name / "seed0" / "config.yaml").read_text())
+        assert cfg["dsa"]["enabled"] and Path(cfg["dsa"]["prior_path"]) == tmp_path / "dsa-prior"
+    row = grid.run_cell(grid.CELLS["supervised"], 0, TINY, tmp_path)
+    arch = (tmp_path / "supervised" / "seed0" / "backbone.json").read_text()
+    assert '"supervised"' in arch and 0 <= row["linear_top1"] <= 1
+
+
+def test_diagnostics_are_added_to_a_recorded_row_once(tmp_path, monkeypatch):
+    cell, runs, rec = grid.Cell("simclr", "simclr"), tmp_path / "runs", tmp_path / "rec"
+    grid.run_cell(cell, 0, TINY, runs, record=rec)  # recorded without diagnostics
+    row = grid.run_cell(cell, 0, TINY, runs, record=rec, diagnostics=["discriminability"])
+    figures = row["diagnostics"]["discriminability"]
+    assert 0 <= figures["crowding"] <= 1 and figures["intra_class_variance"] > 0
+    monkeypatch.setattr(grid, "diagnose", lambda *a: (_ for _ in ()).throw(AssertionError("diagnosed twice")))
+    assert grid.run_cell(cell, 0, TINY, runs, record=rec, diagnostics=["discriminability"]) == row
+
+
+def test_diagnostics_table_flattens_and_averages():
+    rows = [{"cell": "a", "diagnostics": {"sharpness": {"loss": v, "sam_sharpness": {"0.05": v / 10}}}}
+            for v in (1.0, 3.0)] + [{"cell": "b", "diagnostics": {}}]
+    table = grid.render_diagnostics(rows)
+    assert "| cell | seeds | loss | sam_sharpness 0.05 |" in table
+    assert f"| a | 2 | 2 ± {statistics.stdev([1.0, 3.0]):.2g} | 0.2 ± {statistics.stdev([0.1, 0.3]):.2g} |" in table
+    assert "| b |" not in table and "robustness" not in table
+
+
+# --- sharpshift bench speed: the machinery, not the benchmark --------------------------------------------
+def test_flops_of_known_layers():
+    from torch import nn
+
+    from sharpshift.bench.speed import count_flops
+
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)  # 8 x 10 x 10 outputs, 3 x 3 x 3 multiply-adds each
+    assert count_flops(conv, torch.zeros(2, 3, 10, 10)) == 2 * (2 * 8 * 10 * 10) * (3 * 3 * 3)
+    grouped = nn.Conv2d(4, 4, kernel_size=3, groups=4)  # depthwise: 1 x 3 x 3 per output
+    assert count_flops(grouped, torch.zeros(1, 4, 5, 5)) == 2 * (4 * 3 * 3) * 9
+    linear = nn.Linear(10, 5)
+    assert count_flops(linear, torch.zeros(4, 10)) == 2 * 4 * 5 * 10
+    net = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(800, 7))
+    assert count_flops(net, torch.zeros(1, 3, 10, 10)) == 2 * (800 * 27 + 7 * 800)
+
+
+def test_case_list_covers_every_base_method_and_add_on():
+    from dataclasses import fields
+
+    from sharpshift.bench.speed import ADDONS, CASES, case_config
+    from sharpshift.config import Config
+    from sharpshift.methods import METHODS
+
+    add_on_groups = {f.name for f in fields(Config) if hasattr(getattr(Config(), f.name), "enabled")}
+    switched_on = {o.split(".")[0] for c in ADDONS for o in c.overrides if o.endswith(".enabled=true")}
+    assert add_on_groups == switched_on and "asam" in CASES
+    assert set(METHODS) <= set(CASES) and {"bare", "split"} <= set(CASES)
+    for case in CASES.values():  # every case's overrides are valid keys and values
+        case_config(case, 32)
+
+
+def test_bad_speed_settings_are_user_errors():
+    from sharpshift.bench.speed import check_settings, parse_cases
+    from sharpshift.errors import UserError
+
+    with pytest.raises(UserError, match="unknown case"):
+        parse_cases("simclr,nope")
+    with pytest.raises(UserError, match="--steps"):
+        check_settings(0, 1, 32)
+    assert parse_cases("sam,bare") == ["bare", "simclr", "sam"]
+    assert parse_cases("all")[0] == "bare"
+
+
+def test_speed_markdown_table():
+    from sharpshift.bench.speed import render_markdown
+
+    case = {"base": "simclr", "note": "plain step", "step_s": 0.4, "images_per_s": 640.0, "ratio_to": "simclr",
+            "ratio": 1.0}
+    result = {
+        "command": "sharpshift bench speed --steps 6",
+        "machine": {"cpu": "Test CPU", "cores": 2, "threads": 2, "torch": "2.x", "platform": "Linux"},
+        "settings": {"dataset": "fashion-mnist", "image_size": 28, "backbone": "convnet", "width": 32,
+                     "batch_size": 256, "precision": "32-true", "steps_per_round": 6, "rounds": 3, "warmup_steps": 2,
+                     "wall_s": 250.0},
+        "peak": {"dtype": "float32", "matmul_n": 2048, "flops_per_s": 100e9},
+        "flops": {"forward_per_image": 40_000_000, "step": 30e9, "how": "hooks"},
+        "achieved": {"simclr": {"flops_per_s": 75e9, "of_peak": 0.75}},
+        "cases": {"bare": {**case, "note": "bare loop", "step_s": 0.32, "images_per_s": 800.0, "ratio": 0.8},
+                  "simclr": case,
+                  "sam": {**case, "note": "SAM", "step_s": 0.8, "images_per_s": 320.0, "ratio": 2.0}},
+        "split": {"views": 0.01, "forward": 0.1, "backward": 0.25, "optimizer": 0.02, "logging": 0.01, "other": 0.01},
+    }
+    md = render_markdown(result)
+    assert "| simclr | 400.0 | 640 | 1 (reference) | plain step |" in md
+    assert "| simclr + sam | 800.0 | 320 | 2.00x simclr | SAM |" in md
+    assert "| bare | 320.0 | 800 | 0.80x simclr | bare loop |" in md
+    assert "**+25.0%**" in md  # 0.4 s against 0.32 s
+    assert "**100.0 GFLOP/s** (float32" in md and "| sharpshift SimCLR step | 75.0 | 75% |" in md
+    assert "| backward | 250.0 | 62.5% |" in md and "| total | 400.0 | 100% |" in md
+    assert "Test CPU, 2 cores" in md and "`sharpshift bench speed --steps 6`" in md

@@ -1,6 +1,7 @@
 """Two gloo processes on CPU give the loss and every parameter gradient of one process on the concatenated
-batch (fp32, tolerance 1e-5), for every loss and every method; and a real 2-process DDP run through the
-CLI works and checkpoints each process's own random streams."""
+batch (fp32, tolerance 1e-5), for every loss, every method and every add-on that changes the loss; a real
+2-process DDP run through the CLI works and checkpoints each process's own random streams; and under real
+DDP, SAM's ascent gradient is the all-reduced one."""
 import json
 import os
 import subprocess
@@ -82,3 +83,38 @@ def test_ddp_two_cpu_processes_through_the_cli(tmp_path):
     views = [r["generators"]["views"]["state"] for r in rng]
     assert not torch.equal(views[0], views[1])  # different views per process
     assert (run / "checkpoints" / "step-0000002.ckpt").is_file() and (run / "backbone.safetensors").is_file()
+
+
+SAM_SPY = """
+import os, sys
+import sharpshift.sharpness.sam as sam
+real = sam.sam_perturbation
+def spy(params, grads, *a, **k):  # record the ascent gradient each process is about to use
+    with open(os.path.join(os.environ["SPY_DIR"], f"ascent-{os.environ.get('LOCAL_RANK', '0')}.txt"), "a") as f:
+        f.write(" ".join(f"{float(g.double().sum()):.12e}" for g in grads) + "\\n")
+    return real(params, grads, *a, **k)
+sam.sam_perturbation = spy
+from sharpshift.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sam_ascent_gradient_is_synchronised_under_ddp(tmp_path):
+    """Real DDP through Lightning: each process sees other views, so only an all-reduced first-pass gradient
+    is the same in both; SAM must perturb with that one (Lightning prepares DDP's reducer before every
+    manual_backward), or the processes would ascend to different points."""
+    script = tmp_path / "sam_spy.py"  # a file: Lightning relaunches the other process with the same argv
+    script.write_text(SAM_SPY)
+    env = dict(os.environ, SHARPSHIFT_NO_MALLOC_TUNING="1", SPY_DIR=str(tmp_path))
+    env.pop("SHARPSHIFT_RUN_DIR", None)
+    args = ["pretrain", "simclr", "data.dataset=digits", "data.batch_size=16", "trainer.max_steps=2",
+            "trainer.max_epochs=1", "model.width=4", "method.proj_hidden_dim=16", "method.proj_output_dim=8",
+            "trainer.precision=32", "trainer.num_threads=1", "trainer.progress_bar=false",
+            "eval.knn_every_n_epochs=0", "eval.after_training=false", "report.after_training=false",
+            "trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp", "sam.enabled=true",
+            "trainer.checkpoint_every_n_steps=0", "--out-dir", str(tmp_path / "runs")]
+    r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ascent = [(tmp_path / f"ascent-{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert len(ascent[0]) == 2 and ascent[0] == ascent[1]

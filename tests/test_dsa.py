@@ -163,16 +163,17 @@ def _fit(cfg, tmp_path, steps=2):
     return fit(cfg, tmp_path, steps=steps)
 
 
-def _one_step(method, prior):
+def _one_step(method, prior, *overrides):
     """compute_loss + every regulariser + backward, as the training closure does, without a Trainer."""
     from sharpshift.data.registry import load_dataset
     from sharpshift.methods import resolve_method_defaults
     from sharpshift.methods.base import StepContext
     from sharpshift.train import build_module
 
-    cfg = tiny_config(method, "dsa.enabled=true", f"dsa.prior={prior}")
+    cfg = tiny_config(method, "dsa.enabled=true", f"dsa.prior={prior}", *overrides)
     resolve_method_defaults(cfg)
     train = load_dataset("digits", "train")
+    torch.manual_seed(0)  # the same adjuster and heads for every call
     module = build_module(cfg, train)
     images = train.images[:32]
     ctx = StepContext(images, train.labels[:32], torch.arange(32), module.views(images), 0, 0)
@@ -194,6 +195,18 @@ def test_dsa_adds_its_terms_to_every_method(method, prior):
     assert module.backbone.features[0].weight.grad.abs().sum() > 0
     if prior == "random":  # the frozen prior does not
         assert all(p.grad is None and not p.requires_grad for p in reg.prior.parameters())
+
+
+def test_lambdas_default_to_1_and_0_01_and_scale_the_terms():
+    from sharpshift.config import load_config
+
+    cfg = load_config("simclr").dsa
+    assert (cfg.weight, cfg.reg_weight) == (1.0, 0.01)
+    _, unit, _ = _one_step("simclr", "random", "dsa.weight=1", "dsa.reg_weight=1")
+    _, scaled, _ = _one_step("simclr", "random", "dsa.weight=2", "dsa.reg_weight=0.01")
+    assert float(unit.terms["dsa_w"]) > 0 and float(unit.terms["dsa_reg"]) > 0
+    assert torch.isclose(scaled.terms["dsa_w"], 2 * unit.terms["dsa_w"])
+    assert torch.isclose(scaled.terms["dsa_reg"], 0.01 * unit.terms["dsa_reg"])
 
 
 def test_dsa_trains_byol_with_its_momentum_encoder_as_prior(tmp_path):

@@ -74,7 +74,7 @@ def test_report_has_every_section_and_is_self_contained(run):
     md = (run_dir / "report.md").read_text()
     for key in ALL_SECTIONS:
         assert f'<section id="{key}">' in html and f'<a id="{key}"></a>' in md, key
-    for fragment in ["nt_xent", "val/knn_top1", "linear_top1", "pixelate", "PGD", "top_eigenvalue",
+    for fragment in ["nt_xent", "train/lr", "train/online_probe_top1", "val/knn_top1", "linear_top1", "pixelate", "PGD", "top_eigenvalue",
                      "fisher_ratio", "diagnostics/mystery.json", "zeta_unknown.a", "diagnostics/mystery.png",
                      "broken.json"]:
         assert fragment in html and fragment in md, fragment
@@ -97,17 +97,33 @@ def test_report_of_a_bare_run_has_only_what_it_has(tmp_path):
     assert len(html_images(html)) == 1  # the embedding
 
 
+def other_run(run_dir, tmp_path):
+    """A second (untrained) run folder whose robustness.json loses half of run_dir's corrupted accuracy."""
+    other = make_run_folder(tmp_path / "other", "seed=1")
+    rob = json.loads((run_dir / "robustness.json").read_text())
+    for c in rob["corruptions"].values():
+        c["top1"] = [a / 2 for a in c["top1"]]
+    (other / "robustness.json").write_text(json.dumps(rob))
+    return other, rob
+
+
 def test_comparison_side_by_side_and_cli(run, tmp_path):
     from typer.testing import CliRunner
 
     from sharpshift.cli import app
+    from sharpshift.evaluation.robustness import corruption_errors
+    from sharpshift.report.document import fmt
 
-    other = make_run_folder(tmp_path / "other", "seed=1")
+    other, rob = other_run(run[0], tmp_path)
     html = write_comparison([run[0], other], tmp_path / "cmp").read_text()
     for key in ["runs", "config", "evaluation", "training", "robustness", "embedding", "diagnostics"]:
         assert f'<section id="{key}">' in html, key
     assert "<td>seed</td><td>0</td><td>1</td>" in html  # the config difference
     assert len(html_images(html)) >= 4
+    # mCE against the first run: 1 for itself, above 1 for the run that loses more under corruption
+    mce = corruption_errors(rob, json.loads((run[0] / "robustness.json").read_text()))["mce"]
+    assert mce > 1 and re.search(rf"<td>mCE vs [^<]*</td><td>{re.escape(fmt(1.0))}</td><td>{re.escape(fmt(mce))}</td>",
+                                 html)
     r = CliRunner().invoke(app, ["report", str(run[0]), str(other), "--out", str(tmp_path / "cli")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "cli" / "report.html").is_file() and (tmp_path / "cli" / "report.md").is_file()
@@ -157,6 +173,12 @@ def test_report_loads_in_headless_chromium(run, chromium, tmp_path):
     status = page_status(chromium, page, tmp_path)
     assert status["data-status"] == "ok", status
     assert int(status["data-images"]) == len(html_images(page.read_text())) >= 8
+    # the comparison page too
+    other, _ = other_run(run[0], tmp_path)
+    cmp_page = write_comparison([run[0], other], tmp_path / "cmp")
+    status = page_status(chromium, cmp_page, tmp_path)
+    assert status["data-status"] == "ok", status
+    assert int(status["data-images"]) == len(html_images(cmp_page.read_text())) >= 4
     # the check can fail: the same page with one image's bytes broken
     broken = tmp_path / "broken.html"
     broken.write_text(page.read_text().replace("base64,iVBORw0KGgo", "base64,AAAAAAAA", 1))

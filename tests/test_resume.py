@@ -128,8 +128,8 @@ ADDONS = ["simclr", "data.dataset=digits", "data.batch_size=128", "trainer.max_e
 
 def test_addons_state_resumes_exactly(tmp_path):
     """SAF's buffer, MESA's teacher, DSA's adjuster and SAM's two passes: all in the module's state or
-    stateless, so a run resumed mid-epoch (11 steps per epoch, resumed at 16) is exact. (AMCL is not in the
-    mix: SAF cannot take its multi-head outputs yet; its temperature net is checked in test_checkpoint.)"""
+    stateless, so a run resumed mid-epoch (11 steps per epoch, resumed at 16) is exact. (AMCL's temperature
+    net is checked in test_checkpoint.)"""
     from sharpshift.config import load_config
     from sharpshift.resume import resume_config
     from sharpshift.train import pretrain

@@ -166,6 +166,27 @@ def test_sam_under_bf16_autocast():
         assert p.dtype == torch.float32 and torch.equal(p.detach(), theta[k]), k
 
 
+def test_sam_clips_the_descent_gradient():
+    """optim.grad_clip acts on the gradient taken at theta + eps, just before the step."""
+    m = TinyMethod()
+    m.cfg.optim.grad_clip = 1e-3  # far below the gradient's norm, so the clip binds
+    clipped = []
+
+    def clip_gradients(opt, gradient_clip_val, gradient_clip_algorithm):
+        clipped.append(gradient_clip_val)
+        torch.nn.utils.clip_grad_norm_(m.parameters(), gradient_clip_val)
+
+    m.clip_gradients = clip_gradients
+    theta = {k: v.detach().clone() for k, v in m.named_parameters()}
+    lr = 0.1
+    SAMStepper(SAMConfig(enabled=True, rho=0.05))(m, CountingSGD(m.parameters(), lr=lr), m.closure)
+    g_pert = grads_at(m, m.seen[1])
+    total = math.sqrt(sum(float((g ** 2).sum()) for g in g_pert.values()))
+    assert clipped == [1e-3] and total > 1e-2
+    for k, p in m.named_parameters():
+        assert torch.allclose(p.detach(), theta[k] - lr * g_pert[k] * (1e-3 / total), atol=1e-7), k
+
+
 def test_sam_restores_parameters_when_the_second_pass_fails():
     m = TinyMethod()
     theta = {k: v.detach().clone() for k, v in m.named_parameters()}
@@ -229,6 +250,52 @@ def test_sam_in_lightning_advances_everything_once_per_step(name, extra, tmp_pat
         assert torch.isfinite(p).all()
 
 
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_sam_saf_and_mesa_together_with_every_base_method(name, tmp_path, monkeypatch):
+    """One config key each, on any base method: 2 epochs of 2 steps, SAF's term on in the second."""
+    from sharpshift.sharpness.trajectory import MESA
+
+    on = []  # (epoch, term, value) of every term added; SAM calls the closure twice per step
+
+    def spy(cls, key):
+        original = cls.forward
+
+        def forward(self, method, ctx, out):
+            terms = original(self, method, ctx, out)
+            if key in terms:
+                on.append((ctx.epoch, key, float(terms[key].detach())))
+            return terms
+
+        monkeypatch.setattr(cls, "forward", forward)
+
+    spy(SAF, "saf")
+    spy(MESA, "mesa")
+    cfg = tiny_config(name, "sam.enabled=true", "saf.enabled=true", "saf.epochs_ago=1", "mesa.enabled=true",
+                      "mesa.start_epoch=0", "trainer.max_epochs=2", "trainer.max_steps=-1")
+    module, trainer = fit_epochs(cfg, tmp_path, n_images=64, enable_checkpointing=False, callbacks=[])
+    assert isinstance(module.stepper, SAMStepper) and trainer.global_step == 4
+    assert sorted((e, k) for e, k, _ in on) == [(0, "mesa")] * 2 * 2 + [(1, "mesa")] * 2 * 2 + [(1, "saf")] * 2 * 2
+    assert all(math.isfinite(v) and v >= 0 for _, _, v in on)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_saf_and_mesa_read_every_amcl_head(tmp_path):
+    """AMCL's projector gives (n, C, d): SAF stores every head and MESA's teacher (a copy of that projector)
+    is compared head by head, not with head 0's `proj` alone."""
+    from sharpshift.methods.base import StepContext
+
+    cfg = tiny_config("simclr", "amcl.enabled=true", "amcl.heads=3", "saf.enabled=true", "saf.epochs_ago=1",
+                      "mesa.enabled=true", "mesa.start_epoch=0", "trainer.max_epochs=2", "trainer.max_steps=-1")
+    module, trainer = fit_epochs(cfg, tmp_path, n_images=64, enable_checkpointing=False, callbacks=[])
+    saf, mesa = module.regularisers
+    assert trainer.global_step == 4 and saf.past.shape == (64, 2, 3, 16) and int(saf.written.max()) == 1
+    images = (torch.rand(8, 1, 8, 8) * 255).to(torch.uint8)
+    ctx = StepContext(images, torch.full((8,), -1), torch.arange(8), module.views(images), step=4, epoch=1)
+    out = module.compute_loss(ctx)
+    assert out.extra["heads"][0].shape == (8, 3, 16) and set(saf(module, ctx, out)) == {"saf"}
+    assert set(mesa(module, ctx, out)) == {"mesa"}
+
+
 def test_sam_checkpoint_resume(tmp_path):
     cfg = tiny_config("simclr", "sam.enabled=true", "saf.enabled=true", "saf.epochs_ago=1", "saf.start_epoch=1",
                       "data.batch_size=64", "trainer.max_epochs=3", "trainer.max_steps=-1")
@@ -284,6 +351,23 @@ def test_saf_buffer_state_dict_roundtrip_and_float16():
     assert valid.tolist() == [True, False] and target[0].tolist() == [2.5, 3.5]
 
 
+def test_saf_term_is_weighted_kl_on_samples_with_a_target():
+    saf = SAF(SAFConfig(enabled=True, weight=0.3, temperature=5.0, epochs_ago=1, start_epoch=0), max_epochs=5)
+    g = torch.Generator().manual_seed(3)
+    past = torch.randn(2, 4, generator=g)
+    saf.write(torch.tensor([0, 1]), past, epoch=0)
+    proj = [torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)]
+    ctx = SimpleNamespace(indices=torch.tensor([1, 2, 0]), epoch=1)  # sample 2 has no past output
+    terms = saf(None, ctx, StepOutput(torch.zeros(()), proj=proj))
+    expect = 0.3 * sum(trajectory_kl(z[[0, 2]], past[[1, 0]], 5.0) for z in proj) / 2
+    assert float(terms["saf"]) == pytest.approx(float(expect), rel=1e-6)
+    assert saf(None, SimpleNamespace(indices=torch.tensor([2]), epoch=1), StepOutput(torch.zeros(()), proj=proj)) == {}
+    # after_step stores the mean of the views' outputs, in the slot of the current epoch
+    saf.after_step(None, ctx, StepOutput(torch.zeros(()), proj=proj))
+    target, valid = saf.read(torch.tensor([1, 2, 0]), epoch=2)
+    assert valid.all() and torch.allclose(target, (proj[0] + proj[1]) / 2)
+
+
 def test_saf_term_in_training(tmp_path):
     cfg = tiny_config("simclr", "saf.enabled=true", "saf.epochs_ago=1", "data.batch_size=64",
                       "trainer.max_epochs=2", "trainer.max_steps=-1")
@@ -321,6 +405,32 @@ def test_mesa_teacher_is_an_ema_updated_once_per_step(tmp_path, monkeypatch):
     w0 = before["backbone.features.0.weight"]
     t = mesa.teacher["backbone"].features[0].weight
     assert not torch.equal(t, w0) and not torch.equal(t, module.backbone.features[0].weight)
+
+
+def test_mesa_term_uses_the_teacher_in_eval_mode_on_the_same_views():
+    from sharpshift.data.registry import load_dataset
+    from sharpshift.methods import resolve_method_defaults
+    from sharpshift.methods.base import StepContext
+    from sharpshift.sharpness.trajectory import views_kl
+    from sharpshift.train import build_module
+
+    cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", "mesa.weight=0.8")
+    resolve_method_defaults(cfg)
+    module = build_module(cfg, load_dataset("digits", "train"))
+    mesa = module.regularisers[0]
+    with torch.no_grad():  # a teacher that differs from the online network
+        for p in mesa.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    module.train()  # as Lightning does at the start of fit: the teacher is in train mode now
+    images = (torch.rand(16, 1, 8, 8) * 255).to(torch.uint8)
+    ctx = StepContext(images, torch.full((16,), -1), torch.arange(16), module.views(images), step=0, epoch=0)
+    out = module.compute_loss(ctx)
+    term = mesa(module, ctx, out)["mesa"].detach()
+    assert not mesa.teacher.training
+    with torch.no_grad():
+        _, target = module.encode(ctx.views, mesa.teacher["backbone"], mesa.teacher["projector"])
+    expect = 0.8 * views_kl(out.proj, target, 5.0).detach()
+    assert float(term) == pytest.approx(float(expect), rel=1e-5) and float(term) > 0
 
 
 def test_ema_of_parameters_and_buffers():

@@ -91,6 +91,7 @@ def test_diagnose_sharpness_on_a_tiny_run(tmp_path):
     from typer.testing import CliRunner
 
     from sharpshift.cli import app
+    from sharpshift.sharpness.diagnose import diagnose_sharpness
     from sharpshift.train import pretrain
     from tests.conftest import tiny_config
 
@@ -101,10 +102,14 @@ def test_diagnose_sharpness_on_a_tiny_run(tmp_path):
         args = ["diagnose", "sharpness", str(run_dir), "--batches", "2", "--batch-size", "32", "--power-iters", "3",
                 "--hutchinson", "2", "--points-1d", "3", "--points-2d", "3"]
         result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        figures = json.loads((run_dir / "sharpness.json").read_text())
+        # fixed batches and fixed views: a second call measures the same function at the same point
+        again = diagnose_sharpness(run_dir, batches=2, batch_size=32, power_iters=1, hutchinson=1, landscapes=False)
     finally:
         torch.set_num_threads(threads)
-    assert result.exit_code == 0, result.output
-    figures = json.loads((run_dir / "sharpness.json").read_text())
+    assert again["loss"] == pytest.approx(figures["loss"], rel=1e-6)
+    assert again["sam_sharpness"] == pytest.approx(figures["sam_sharpness"], rel=1e-5)
     assert set(figures["sam_sharpness"]) == {"0.01", "0.05", "0.1"}
     assert figures["landscape_1d"]["losses"][1] == pytest.approx(figures["loss"], rel=1e-5)  # alpha = 0 is theta
     assert len(figures["landscape_2d"]["losses"]) == 3 and figures["settings"]["batches"] == 2

@@ -116,6 +116,21 @@ def test_probability_and_determinism():
     assert 16 < int(changed.sum()) < 48  # about half the images
 
 
+def test_alpha_bounds_the_mix_and_swap_ignores_it():
+    """mix draws lam ~ U(0, alpha): alpha 0 leaves every image as it was, and the same draws with a smaller
+    alpha move it less (x' - x is linear in lam before the clip); swap is lam = 1 whatever alpha."""
+    x = torch.rand(16, 1, 28, 28)
+    assert torch.allclose(Fr.fourier_augment(x, FourierConfig(enabled=True, alpha=0.0, p=1.0), gen()), x, atol=1e-5)
+    small, large = (Fr.fourier_augment(x, FourierConfig(enabled=True, alpha=a, p=1.0), gen()) for a in (0.1, 1.0))
+    assert 0 < float((small - x).abs().mean()) < 0.5 * float((large - x).abs().mean())
+    swap = Fr.fourier_augment(x, FourierConfig(enabled=True, variant="swap", alpha=0.0, p=1.0), gen())
+    g = gen()  # the same draws as fourier_augment: apply-or-not first, then the partners
+    torch.rand(16, generator=g)
+    partner = x[Fr.random_partner(16, g, "cpu")]
+    assert torch.allclose(swap, Fr.amplitude_mix(x, partner, torch.ones(16)).clamp(0, 1), atol=1e-6)
+    assert not torch.allclose(swap, x, atol=1e-2)
+
+
 def params(**kw):
     base = dict(crop_scale=(0.2, 1.0), crop_ratio=(0.75, 4 / 3), flip_p=0.5, jitter_p=1.0, brightness=0.4,
                 contrast=0.4, saturation=0.4, hue=0.1, grayscale_p=0.2, blur_p=0.5, blur_sigma=(0.1, 2.0),

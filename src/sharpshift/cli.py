@@ -160,16 +160,23 @@ app.add_typer(bench_app, name="bench")
 def bench_speed(
     out: Path = typer.Option(Path("docs/benchmarks.json"), help="JSON output."),
     doc: Path = typer.Option(Path("docs/benchmarks.md"), help="Markdown file whose speed section is rewritten."),
-    methods: str = typer.Option("simclr,moco,byol,barlow,simsiam", help="Comma-separated base methods to time."),
-    batch_size: int = typer.Option(256),
+    cases: str = typer.Option("all", help="Comma-separated cases: bare, split, the base methods, the add-ons "
+                              "(sam, asam, saf, mesa, fourier, rsa, amcl, dsa); simclr is always included."),
+    steps: int = typer.Option(6, help="Timed steps per case and round (after the warm-up)."),
+    rounds: int = typer.Option(3, help="Rounds; each runs every case once, interleaved."),
+    batch_size: int = typer.Option(256, help="Images per step (each gives two views)."),
 ) -> None:
-    """Framework overhead against a bare PyTorch loop, and each base method's throughput."""
+    """Step time of every base method and add-on, against a bare PyTorch loop and the machine's peak."""
     from sharpshift.bench.grid import replace_section
-    from sharpshift.bench.speed import render_markdown, run_speed
+    from sharpshift.bench.speed import check_settings, parse_cases, render_markdown, run_speed, write_json
 
-    result = run_speed(out, [m for m in methods.split(",") if m], batch_size)
+    check_settings(steps, rounds, batch_size)
+    names = parse_cases(cases)
+    command = "sharpshift bench speed " + " ".join(sys.argv[3:])
+    result = run_speed(names, batch_size, steps, rounds, command.strip(), log=typer.echo)
+    write_json(result, out)
     replace_section(doc, "speed", render_markdown(result))
-    typer.echo(json.dumps(result["overhead"]))
+    typer.echo(json.dumps({n: c["images_per_s"] for n, c in result["cases"].items()}))
 
 
 @bench_app.command("accuracy")
@@ -180,24 +187,39 @@ def bench_accuracy(
     root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
     record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
+    diagnose: str = typer.Option("", help="Comma-separated diagnostics to add to each cell's row: "
+                                 "sharpness, discriminability, robustness."),
+    section: str = typer.Option("", help="Name of the results section to rewrite (default: grid-BUDGET)."),
     data_dir: Optional[str] = DataDir,
 ) -> None:
     """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors."""
-    from sharpshift.bench.grid import BUDGETS, Cell, floors, render_table, replace_section, run_cell, summarise
+    from sharpshift.bench.grid import (BUDGETS, DIAGNOSTICS, cell_named, floors, render_diagnostics, render_table,
+                                       replace_section, run_cell, summarise)
+    from sharpshift.config import list_configs
 
     if budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; use one of {sorted(BUDGETS)}")
+    names = [c for c in cells.split(",") if c]
+    unknown = [n for n in names if cell_named(n).config not in list_configs()]
+    if unknown:
+        raise UserError(f"unknown cell(s) {', '.join(unknown)}; use shipped config names (sharpshift configs)")
+    wanted = [d for d in diagnose.split(",") if d]
+    if any(d not in DIAGNOSTICS for d in wanted):
+        raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
     seed_list = [int(s) for s in seeds.split(",") if s]
     extra = [f"data.data_dir={data_dir}"] if data_dir else []
     rows = []
-    for name in [c for c in cells.split(",") if c]:
+    for name in names:
         for seed in seed_list:
-            rows.append(run_cell(Cell(name, name), seed, BUDGETS[budget] + extra, root / budget,
-                                 record=record / budget))
+            rows.append(run_cell(cell_named(name), seed, BUDGETS[budget] + extra, root / budget,
+                                 record=record / budget, diagnostics=wanted))
             typer.echo(json.dumps(rows[-1]))
     rows += floors(BUDGETS[budget] + extra, seed_list, root / budget)
+    (root / budget).mkdir(parents=True, exist_ok=True)
     (root / budget / "results.json").write_text(json.dumps(rows, indent=2))
-    replace_section(doc, f"grid-{budget}", render_table(summarise(rows)))
+    command = "sharpshift bench accuracy " + " ".join(sys.argv[3:])
+    replace_section(doc, section or f"grid-{budget}",
+                    f"Command: `{command}`\n\n" + render_table(summarise(rows)) + render_diagnostics(rows))
 
 
 def _reexec_with_malloc_tuning() -> None:

@@ -1,14 +1,18 @@
 """`sharpshift bench accuracy`: a grid of (cell x seed) pretraining runs at one fixed budget, resumable.
 
-A cell is a shipped config plus overrides. Each (cell, seed) gets its own run folder under ROOT; a folder
-that already has eval.json is finished and is read, not run again; an unfinished one is started afresh.
-The floors (raw pixels, random-init encoder) are evaluated with the same probe."""
+A cell is a shipped config plus overrides (CELLS names the ones the docs report; any other shipped config name
+is a cell too). Each (cell, seed) gets its own run folder under ROOT; a folder that already has eval.json is
+finished and is read, not run again; an unfinished one is started afresh. Diagnostics (`diagnose ...`) run on
+the finished folder and their figures are added to the cell's row. The floors (raw pixels, random-init
+encoder) are evaluated with the same probe."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +27,42 @@ class Cell:
     name: str
     config: str
     overrides: list[str] = field(default_factory=list)
+    kind: str = "pretrain"  # or "supervised" (`sharpshift supervised CONFIG`)
+    needs_prior: bool = False  # DSA with prior=checkpoint: the grid trains one prior run per budget
 
 
 BASE_CELLS = [Cell(m, m) for m in ("simclr", "moco", "byol", "barlow", "simsiam")]
+CELLS = {c.name: c for c in [
+    *BASE_CELLS,
+    Cell("ssa-clr", "ssa-clr"), Cell("sam-byol", "sam-byol"), Cell("mesa-simclr", "mesa-simclr"),
+    # E=1: the trajectory term needs more than E epochs, and the grid's budgets are 3-5 epochs
+    Cell("saf-simclr", "saf-simclr", ["saf.epochs_ago=1"]),
+    Cell("fourier-simclr", "fourier-simclr"), Cell("rsa-byol", "rsa-byol"), Cell("rsa-simclr", "rsa-simclr"),
+    *[Cell(f"amcl-{m}", f"amcl-{m}") for m in ("simclr", "moco", "barlow", "simsiam")],
+    Cell("dsa-simclr", "dsa-simclr", needs_prior=True), Cell("dsa-byol", "dsa-byol", needs_prior=True),
+    Cell("supervised", "simclr", kind="supervised"),
+    # equal wall time against SSA-CLR (SAM costs ~1.6x a step): plain SimCLR with 5/3 of the epochs
+    Cell("simclr-5ep", "simclr", ["trainer.max_epochs=5"]),
+]}
+# the DSA prior: a SimCLR run on another subset draw (seed 100), trained once per budget, never evaluated
+PRIOR_CELL = Cell("dsa-prior", "simclr", ["seed=100", "eval.after_training=false"])
+# `diagnose` sub-commands the grid can run on a finished cell, with the arguments it uses (cheap settings:
+# no landscapes, no t-SNE; run the command yourself on a run folder for the pictures)
+DIAGNOSTICS = {  # name: (command, arguments after RUN_DIR, the JSON it writes)
+    "sharpness": (["diagnose", "sharpness"], ["--batches", "1", "--hutchinson", "10", "--no-landscapes", "--no-plots"],
+                  "sharpness.json"),
+    "discriminability": (["diagnose", "discriminability"], ["--tsne-points", "0"], "discriminability.json"),
+    # 1000 corrupted test images per (corruption, severity), 500 attacked ones
+    "robustness": (["evaluate", "--robustness"], ["robustness.test_subset=1000", "robustness.adversarial_subset=500"],
+                   "robustness.json"),
+}
+
+
+NOT_FIGURES = ("seconds", "test_size")  # bookkeeping in the diagnostics' JSON, not results
+
+
+def cell_named(name: str) -> Cell:
+    return CELLS.get(name) or Cell(name, name)
 BUDGETS = {
     # the README demo's budget: full Fashion-MNIST, 5 epochs
     "default": ["trainer.max_epochs=5"],
@@ -35,32 +72,73 @@ BUDGETS = {
 
 
 def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[str] = (),
-             record: Path | None = None) -> dict:
+             record: Path | None = None, diagnostics: list[str] = ()) -> dict:
     """Run (or read back) one cell. `record`: a folder of small committed JSON rows, so a finished cell
     survives the run folder (runs/ is not versioned) and is not run again on another machine."""
+    row_file = record / cell.name / f"seed{seed}.json" if record else None
+    run_dir = root / cell.name / f"seed{seed}"
+    if row_file and row_file.is_file():
+        row = json.loads(row_file.read_text())
+    elif (run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file():
+        row = collect(run_dir, cell, seed)
+    else:
+        prior = [f"dsa.prior_path={train_prior(budget, root, extra)}"] if cell.needs_prior else []
+        _train(cell, [*budget, *cell.overrides, *extra, *prior, f"seed={seed}"], run_dir)
+        row = collect(run_dir, cell, seed)
+    missing = [d for d in diagnostics if d not in row.get("diagnostics", {})]
+    if missing and (run_dir / "backbone.safetensors").is_file():
+        row.setdefault("diagnostics", {}).update({d: diagnose(run_dir, d, extra) for d in missing})
+    row.pop("run_dir", None)
+    return _record(row, row_file)
+
+
+def _train(cell: Cell, overrides: list[str], run_dir: Path) -> None:
+    from sharpshift.supervised import train_supervised
     from sharpshift.train import pretrain
 
-    row_file = record / cell.name / f"seed{seed}.json" if record else None
-    if row_file and row_file.is_file():
-        return json.loads(row_file.read_text())
-    run_dir = root / cell.name / f"seed{seed}"
-    if (run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file():
-        return _record(collect(run_dir, cell, seed), row_file)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again
-    cfg = load_config(cell.config, [*budget, *cell.overrides, *extra, f"seed={seed}", "trainer.progress_bar=false",
-                                    "eval.knn_every_n_epochs=0"])
+    cfg = load_config(cell.config, [*overrides, "trainer.progress_bar=false", "eval.knn_every_n_epochs=0"])
     run_dir.mkdir(parents=True)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     try:
-        pretrain(cfg)
+        train_supervised(cfg) if cell.kind == "supervised" else pretrain(cfg)
     finally:
         if previous is None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = previous
-    return _record(collect(run_dir, cell, seed), row_file)
+
+
+def train_prior(budget: list[str], root: Path, extra: list[str]) -> Path:
+    run_dir = root / PRIOR_CELL.name
+    if not (run_dir / "backbone.safetensors").is_file():
+        _train(PRIOR_CELL, [*budget, *extra, *PRIOR_CELL.overrides], run_dir)
+    return run_dir
+
+
+def diagnose(run_dir: Path, name: str, extra: list[str]) -> dict:
+    """Run one diagnostic command on a finished run folder (a fresh process) and return its JSON."""
+    command, args, out = DIAGNOSTICS[name]
+    data = [f"--data-dir={e.split('=', 1)[1]}" for e in extra if e.startswith("data.data_dir=")]
+    cmd = [sys.executable, "-m", "sharpshift.cli", *command, str(run_dir), *args, *data]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{' '.join(cmd)} failed: {tail}")
+    result = json.loads((run_dir / out).read_text())
+    return _headline(name, result)
+
+
+def _headline(name: str, result: dict) -> dict:
+    """The figures the tables use (the full JSON stays in the run folder)."""
+    if name == "robustness":
+        from sharpshift.evaluation.robustness import summary
+        return summary(result)
+    if name == "sharpness":
+        return {k: result[k] for k in ("loss", "sam_sharpness", "hessian_top_eigenvalue", "hessian_trace")}
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in NOT_FIGURES}
 
 
 def _record(row: dict, row_file: Path | None) -> dict:
@@ -74,7 +152,7 @@ def collect(run_dir: Path, cell: Cell, seed: int) -> dict:
     ev = json.loads((run_dir / "eval.json").read_text())
     tr = json.loads((run_dir / "train.json").read_text())
     return {"cell": cell.name, "seed": seed, "linear_top1": ev["linear_top1"], "knn_top1": ev["knn_top1"],
-            "train_seconds": tr["train_seconds"], "run_dir": str(run_dir)}
+            "train_seconds": tr["train_seconds"], "run_dir": str(run_dir), "diagnostics": {}}
 
 
 def floors(budget: list[str], seeds: list[int], root: Path) -> list[dict]:
@@ -89,8 +167,7 @@ def floors(budget: list[str], seeds: list[int], root: Path) -> list[dict]:
     if cache.is_file():
         return json.loads(cache.read_text())
     cfg = load_config("default", budget)
-    train, test = labelled_splits(cfg, cfg.data.data_dir)
-    train = train.subset(cfg.data.subset, seed=0)
+    train, test = labelled_splits(cfg, cfg.data.data_dir)  # the splits every run's evaluation uses
     rows = []
     px_train, px_test = train.images.flatten(1).float() / 255, test.images.flatten(1).float() / 255
     probe = linear_probe(px_train, train.labels, px_test, test.labels, iterations=cfg.eval.linear_max_iter,
@@ -147,3 +224,39 @@ def replace_section(doc: Path, marker: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def render_diagnostics(rows: list[dict]) -> str:
+    """One table per diagnostic found in the rows: mean ± sample std over seeds of each numeric figure
+    (nested dicts, e.g. sam_sharpness per rho, become one column each)."""
+    out = []
+    for name in DIAGNOSTICS:
+        per_cell: dict[str, list[dict]] = {}
+        for r in rows:
+            if name in r.get("diagnostics", {}):
+                per_cell.setdefault(r["cell"], []).append(_flatten(r["diagnostics"][name]))
+        if not per_cell:
+            continue
+        keys = list(dict.fromkeys(k for fs in per_cell.values() for f in fs for k in f))
+        out += [f"\n**{name}** (mean ± std over seeds)\n", "| cell | seeds | " + " | ".join(keys) + " |",
+                "|---" * (len(keys) + 2) + "|"]
+        for cell, fs in per_cell.items():
+            vals = [_mean_std([f[k] for f in fs if k in f]) if any(k in f for f in fs) else "-" for k in keys]
+            out.append(f"| {cell} | {len(fs)} | " + " | ".join(vals) + " |")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k} "))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_FIGURES:
+            flat[f"{prefix}{k}"] = float(v)
+    return flat

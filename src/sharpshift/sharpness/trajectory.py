@@ -4,7 +4,8 @@ Both add lambda * tau^2 * KL(softmax(target / tau) || softmax(now / tau)) with t
 logit vector (our SSL form; the paper is supervised). The gradient flows through `now` only.
 - SAF: the target is the sample's own output E epochs ago, kept in a per-sample ring buffer of E+1 slots.
 - MESA: the target is an EMA copy of backbone + projector, in eval mode, on the same views.
-The loss is averaged over the views; SAF stores the mean of a sample's view outputs (our choice).
+The loss is averaged over the views; SAF stores the mean of a sample's view outputs (our choice). With AMCL
+the outputs are every head's, (n, C, d), and the loss is averaged over the heads too.
 Buffers and the EMA teacher are written in `after_step`, once per optimizer step, so they are safe
 under SAM's two passes.
 """
@@ -32,6 +33,11 @@ def trajectory_kl(now: torch.Tensor, target: torch.Tensor, temperature: float) -
     log_p_target = F.log_softmax(target.detach() / temperature, dim=-1)
     kl = (log_p_target.exp() * (log_p_target - log_p_now)).sum(-1)
     return kl.mean() * temperature**2
+
+
+def projections(out) -> list[torch.Tensor]:
+    """The projector outputs per view: every head's (n, C, d) with AMCL (its `proj` keeps head 0 only), else (n, d)."""
+    return out.extra.get("heads", out.proj)
 
 
 def views_kl(now: list[torch.Tensor], target: list[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
@@ -110,11 +116,11 @@ class SAF(nn.Module):
         target, valid = self.read(ctx.indices, ctx.epoch)
         if not bool(valid.any()):
             return {}
-        loss = views_kl([z[valid] for z in out.proj], target[valid], self.cfg.temperature)
+        loss = views_kl([z[valid] for z in projections(out)], target[valid], self.cfg.temperature)
         return {"saf": self.cfg.weight * loss}
 
     def after_step(self, method, ctx, out) -> None:
-        mean_output = torch.stack([z.detach().float() for z in out.proj]).mean(0)  # mean over views: our choice
+        mean_output = torch.stack([z.detach().float() for z in projections(out)]).mean(0)  # over views: our choice
         self.write(gather_no_grad(ctx.indices), gather_no_grad(mean_output), ctx.epoch)
 
 
@@ -149,7 +155,7 @@ class MESA(nn.Module):
         with torch.no_grad():
             views = ctx.views[: len(out.proj)]  # the views the method projected (Barlow uses the first two)
             _, target = method.encode(views, self.teacher["backbone"], self.teacher["projector"])
-        return {"mesa": self.cfg.weight * views_kl(out.proj, target, self.cfg.temperature)}
+        return {"mesa": self.cfg.weight * views_kl(projections(out), target, self.cfg.temperature)}
 
     def after_step(self, method, ctx, out) -> None:
         ema_parameters_and_buffers(self.teacher["backbone"], method.backbone, self.decay)
