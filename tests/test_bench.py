@@ -177,3 +177,27 @@ def test_speed_markdown_table():
     assert "**100.0 GFLOP/s** (float32" in md and "| sharpshift SimCLR step | 75.0 | 75% |" in md
     assert "| backward | 250.0 | 62.5% |" in md and "| total | 400.0 | 100% |" in md
     assert "Test CPU, 2 cores" in md and "`sharpshift bench speed --steps 6`" in md
+
+
+def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sharpshift.cli import app
+
+    row = {"cell": "simclr", "seed": 0, "linear_top1": 0.8, "knn_top1": 0.7, "train_seconds": 5.0, "diagnostics": {}}
+    (tmp_path / "rec" / "reduced" / "simclr").mkdir(parents=True)
+    (tmp_path / "rec" / "reduced" / "simclr" / "seed0.json").write_text(json.dumps(row))
+    (tmp_path / "runs" / "reduced").mkdir(parents=True)  # cached floors: nothing is evaluated
+    (tmp_path / "runs" / "reduced" / "floors.json").write_text(json.dumps(
+        [{"cell": "raw pixels", "seed": 0, "linear_top1": 0.5, "knn_top1": 0.4, "train_seconds": 0.0}]))
+    doc = tmp_path / "docs" / "results.md"
+    result = CliRunner().invoke(app, ["bench", "accuracy", "--collect-only", "--budget", "reduced", "--cells", "simclr",
+                                      "--seeds", "0,1", "--record", str(tmp_path / "rec"), "--root",
+                                      str(tmp_path / "runs"), "--doc", str(doc)])
+    assert result.exit_code == 0, result.output
+    text = doc.read_text()
+    assert "| simclr | 1 | 80.00 | 70.00 | 5 |" in text and "Not run (yet): simclr seed 1." in text
+    assert (tmp_path / "docs" / "results" / "grid-reduced.png").stat().st_size > 1000
+    assert not (tmp_path / "runs" / "reduced" / "simclr").exists()  # nothing was trained

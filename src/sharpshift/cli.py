@@ -190,11 +190,14 @@ def bench_accuracy(
     diagnose: str = typer.Option("", help="Comma-separated diagnostics to add to each cell's row: "
                                  "sharpness, discriminability, robustness."),
     section: str = typer.Option("", help="Name of the results section to rewrite (default: grid-BUDGET)."),
+    collect_only: bool = typer.Option(False, "--collect-only", help="Train nothing: tabulate the recorded rows "
+                                      "and list the (cell, seed) pairs that have none."),
     data_dir: Optional[str] = DataDir,
 ) -> None:
     """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors."""
-    from sharpshift.bench.grid import (BUDGETS, DIAGNOSTICS, cell_named, floors, render_diagnostics, render_table,
-                                       replace_section, run_cell, summarise)
+    from sharpshift.bench.grid import (BUDGETS, DIAGNOSTICS, cell_named, floors, recorded_row, refresh_headlines,
+                                       render_diagnostics, render_plot, render_table, replace_section, run_cell,
+                                       summarise)
     from sharpshift.config import list_configs
 
     if budget not in BUDGETS:
@@ -208,9 +211,15 @@ def bench_accuracy(
         raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
     seed_list = [int(s) for s in seeds.split(",") if s]
     extra = [f"data.data_dir={data_dir}"] if data_dir else []
-    rows = []
+    rows, missing = [], []
     for name in names:
         for seed in seed_list:
+            if collect_only:
+                row = recorded_row(name, seed, record / budget)
+                row = refresh_headlines(row, root / budget) if row else None
+                rows += [row] if row else []
+                missing += [] if row else [f"{name} seed {seed}"]
+                continue
             rows.append(run_cell(cell_named(name), seed, BUDGETS[budget] + extra, root / budget,
                                  record=record / budget, diagnostics=wanted))
             typer.echo(json.dumps(rows[-1]))
@@ -218,8 +227,17 @@ def bench_accuracy(
     (root / budget).mkdir(parents=True, exist_ok=True)
     (root / budget / "results.json").write_text(json.dumps(rows, indent=2))
     command = "sharpshift bench accuracy " + " ".join(sys.argv[3:])
-    replace_section(doc, section or f"grid-{budget}",
-                    f"Command: `{command}`\n\n" + render_table(summarise(rows)) + render_diagnostics(rows))
+    name = section or f"grid-{budget}"
+    summary = summarise(rows)
+    table = render_table(summary)
+    plot = doc.parent / "results" / f"{name}.png"
+    render_plot(summary, plot)
+    body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
+            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + render_diagnostics(rows))
+    replace_section(doc, name, body)
+    readme = Path("README.md")
+    if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
+        replace_section(readme, "readme-results", table)  # the README's table is the demo budget's
 
 
 def _reexec_with_malloc_tuning() -> None:

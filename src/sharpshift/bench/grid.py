@@ -87,9 +87,27 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         row = collect(run_dir, cell, seed)
     missing = [d for d in diagnostics if d not in row.get("diagnostics", {})]
     if missing and (run_dir / "backbone.safetensors").is_file():
-        row.setdefault("diagnostics", {}).update({d: diagnose(run_dir, d, extra) for d in missing})
+        for d in missing:
+            diagnose(run_dir, d, extra)
+            row.setdefault("diagnostics", {})[d] = {}
     row.pop("run_dir", None)
-    return _record(row, row_file)
+    return _record(refresh_headlines(row, root), row_file)
+
+
+def refresh_headlines(row: dict, root: Path) -> dict:
+    """Re-read each diagnostic's figures from its JSON in the run folder, where the folder still exists (so
+    that a change of the headline figures reaches rows recorded before it)."""
+    run_dir = root / row["cell"] / f"seed{row['seed']}"
+    for name in row.get("diagnostics", {}):
+        file = run_dir / DIAGNOSTICS[name][2]
+        if file.is_file():
+            row["diagnostics"][name] = _headline(name, json.loads(file.read_text()), root, row["seed"])
+    return row
+
+
+def recorded_row(name: str, seed: int, record: Path) -> dict | None:
+    row_file = record / name / f"seed{seed}.json"
+    return json.loads(row_file.read_text()) if row_file.is_file() else None
 
 
 def _train(cell: Cell, overrides: list[str], run_dir: Path) -> None:
@@ -118,8 +136,8 @@ def train_prior(budget: list[str], root: Path, extra: list[str]) -> Path:
     return run_dir
 
 
-def diagnose(run_dir: Path, name: str, extra: list[str]) -> dict:
-    """Run one diagnostic command on a finished run folder (a fresh process) and return its JSON."""
+def diagnose(run_dir: Path, name: str, extra: list[str]) -> None:
+    """Run one diagnostic command on a finished run folder, in a fresh process (it writes its JSON there)."""
     command, args, out = DIAGNOSTICS[name]
     data = [f"--data-dir={e.split('=', 1)[1]}" for e in extra if e.startswith("data.data_dir=")]
     cmd = [sys.executable, "-m", "sharpshift.cli", *command, str(run_dir), *args, *data]
@@ -127,15 +145,23 @@ def diagnose(run_dir: Path, name: str, extra: list[str]) -> dict:
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{' '.join(cmd)} failed: {tail}")
-    result = json.loads((run_dir / out).read_text())
-    return _headline(name, result)
 
 
-def _headline(name: str, result: dict) -> dict:
-    """The figures the tables use (the full JSON stays in the run folder)."""
+def _headline(name: str, result: dict, root: Path, seed: int) -> dict:
+    """The figures the tables use (the full JSON stays in the run folder). Robustness adds FGSM and the
+    mCE against the SimCLR cell of the same seed (the reference run of the comparison), when it exists."""
     if name == "robustness":
-        from sharpshift.evaluation.robustness import summary
-        return summary(result)
+        from sharpshift.evaluation.robustness import corruption_errors, summary
+        out = summary(result)
+        adv = result["adversarial"]
+        out["fgsm_top1"] = {f"{e:g}/255": round(a, 4) for e, a in zip(adv["epsilons_255"], adv["fgsm_top1"])}
+        reference = root / "simclr" / f"seed{seed}" / DIAGNOSTICS["robustness"][2]
+        if reference.is_file():
+            errors = corruption_errors(result, json.loads(reference.read_text()))
+            out["mce_vs_simclr"] = round(errors["mce"], 4)
+            if errors["relative_mce"] is not None:
+                out["relative_mce_vs_simclr"] = round(errors["relative_mce"], 4)
+        return out
     if name == "sharpness":
         return {k: result[k] for k in ("loss", "sam_sharpness", "hessian_top_eigenvalue", "hessian_trace")}
     return {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in NOT_FIGURES}
@@ -260,3 +286,27 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_FIGURES:
             flat[f"{prefix}{k}"] = float(v)
     return flat
+
+
+def render_plot(summary: list[dict], path: Path) -> None:
+    """Linear and kNN top-1 per cell, mean with the sample std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s["cell"] for s in summary]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 4))
+    x = range(len(names))
+    for shift, key, label in ((-0.2, "linear", "linear probe"), (0.2, "knn", "kNN")):
+        ax.bar([i + shift for i in x], [100 * s[f"{key}_mean"] for s in summary], 0.4, label=label,
+               yerr=[100 * s[f"{key}_std"] for s in summary], capsize=2)
+    low = min(100 * min(s["linear_mean"], s["knn_mean"]) for s in summary)
+    ax.set_ylim(max(0.0, low - 5), 100)
+    ax.set_xticks(list(x), names, rotation=45, ha="right")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
