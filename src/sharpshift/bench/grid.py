@@ -39,7 +39,9 @@ CELLS = {c.name: c for c in [
     Cell("saf-simclr", "saf-simclr", ["saf.epochs_ago=1"]),
     Cell("fourier-simclr", "fourier-simclr"), Cell("rsa-byol", "rsa-byol"), Cell("rsa-simclr", "rsa-simclr"),
     *[Cell(f"amcl-{m}", f"amcl-{m}") for m in ("simclr", "moco", "barlow", "simsiam")],
-    Cell("dsa-simclr", "dsa-simclr", needs_prior=True), Cell("dsa-byol", "dsa-byol", needs_prior=True),
+    # DSA with the documented default prior: an earlier SimCLR run (the grid trains it once per budget)
+    Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True),
+    Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True),
     Cell("supervised", "simclr", kind="supervised"),
     # equal wall time against SSA-CLR (SAM costs ~1.6x a step): plain SimCLR with 5/3 of the epochs
     Cell("simclr-5ep", "simclr", ["trainer.max_epochs=5"]),
