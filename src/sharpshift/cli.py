@@ -187,8 +187,8 @@ def bench_accuracy(
     root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
     record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
-    diagnose: str = typer.Option("", help="Comma-separated diagnostics to add to each cell's row: "
-                                 "sharpness, discriminability, robustness."),
+    diagnose: str = typer.Option("", help="Comma-separated diagnostics to add to each cell's row (and the only "
+                                 "ones tabulated): sharpness, discriminability, robustness."),
     section: str = typer.Option("", help="Name of the results section to rewrite (default: grid-BUDGET)."),
     collect_only: bool = typer.Option(False, "--collect-only", help="Train nothing: tabulate the recorded rows "
                                       "and list the (cell, seed) pairs that have none."),
@@ -233,7 +233,7 @@ def bench_accuracy(
     plot = doc.parent / "results" / f"{name}.png"
     render_plot(summary, plot)
     body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
-            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + render_diagnostics(rows))
+            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + render_diagnostics(rows, wanted))
     replace_section(doc, name, body)
     readme = Path("README.md")
     if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():

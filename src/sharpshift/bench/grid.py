@@ -260,11 +260,11 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def render_diagnostics(rows: list[dict]) -> str:
-    """One table per diagnostic found in the rows: mean ± sample std over seeds of each numeric figure
-    (nested dicts, e.g. sam_sharpness per rho, become one column each)."""
+def render_diagnostics(rows: list[dict], only: list[str] = ()) -> str:
+    """One table per diagnostic found in the rows (or in `only`): mean ± sample std over seeds of each numeric
+    figure (nested dicts, e.g. sam_sharpness per rho, become one column each)."""
     out = []
-    for name in DIAGNOSTICS:
+    for name in only or DIAGNOSTICS:
         per_cell: dict[str, list[dict]] = {}
         for r in rows:
             if name in r.get("diagnostics", {}):
