@@ -186,7 +186,8 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
 
     from sharpshift.cli import app
 
-    row = {"cell": "simclr", "seed": 0, "linear_top1": 0.8, "knn_top1": 0.7, "train_seconds": 5.0, "diagnostics": {}}
+    row = {"cell": "simclr", "seed": 0, "linear_top1": 0.8, "knn_top1": 0.7, "train_seconds": 5.0,
+           "diagnostics": {"discriminability": {"crowding": 0.25}}}
     (tmp_path / "rec" / "reduced" / "simclr").mkdir(parents=True)
     (tmp_path / "rec" / "reduced" / "simclr" / "seed0.json").write_text(json.dumps(row))
     (tmp_path / "runs" / "reduced").mkdir(parents=True)  # cached floors: nothing is evaluated
@@ -201,3 +202,9 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
     assert "| simclr | 1 | 80.00 | 70.00 | 5 |" in text and "Not run (yet): simclr seed 1." in text
     assert (tmp_path / "docs" / "results" / "grid-reduced.png").stat().st_size > 1000
     assert not (tmp_path / "runs" / "reduced" / "simclr").exists()  # nothing was trained
+    assert "**discriminability**" in text and "| simclr | 1 | 0.25 |" in text  # recorded diagnostics by default
+    result = CliRunner().invoke(app, ["bench", "accuracy", "--collect-only", "--budget", "reduced", "--cells", "simclr",
+                                      "--seeds", "0", "--diagnose", "none", "--record", str(tmp_path / "rec"),
+                                      "--root", str(tmp_path / "runs"), "--doc", str(doc)])
+    assert result.exit_code == 0, result.output
+    assert "**discriminability**" not in doc.read_text()

@@ -188,7 +188,8 @@ def bench_accuracy(
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
     record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
     diagnose: str = typer.Option("", help="Comma-separated diagnostics to add to each cell's row (and the only "
-                                 "ones tabulated): sharpness, discriminability, robustness."),
+                                 "ones tabulated): sharpness, discriminability, robustness; 'none' tabulates "
+                                 "none (default: all those recorded)."),
     section: str = typer.Option("", help="Name of the results section to rewrite (default: grid-BUDGET)."),
     collect_only: bool = typer.Option(False, "--collect-only", help="Train nothing: tabulate the recorded rows "
                                       "and list the (cell, seed) pairs that have none."),
@@ -206,7 +207,7 @@ def bench_accuracy(
     unknown = [n for n in names if cell_named(n).config not in list_configs()]
     if unknown:
         raise UserError(f"unknown cell(s) {', '.join(unknown)}; use shipped config names (sharpshift configs)")
-    wanted = [d for d in diagnose.split(",") if d]
+    wanted = [d for d in diagnose.split(",") if d and diagnose != "none"]
     if any(d not in DIAGNOSTICS for d in wanted):
         raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
     seed_list = [int(s) for s in seeds.split(",") if s]
@@ -233,7 +234,7 @@ def bench_accuracy(
     plot = doc.parent / "results" / f"{name}.png"
     render_plot(summary, plot)
     body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
-            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + render_diagnostics(rows, wanted))
+            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + (render_diagnostics(rows, wanted) if diagnose != "none" else ""))
     replace_section(doc, name, body)
     readme = Path("README.md")
     if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
