@@ -84,14 +84,14 @@ def tsne_figure(runs: Path, out: Path) -> list[str]:
     panels = [(c, runs / c / "seed0" / "tsne.png") for c in CELLS if (runs / c / "seed0" / "tsne.png").is_file()]
     if not panels:
         return []
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), dpi=100, squeeze=False)
     for ax, (cell, png) in zip(axes[0], panels):
         ax.imshow(plt.imread(png))
         ax.set_title(cell, fontsize=12)
         ax.axis("off")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, bbox_inches="tight")  # the titles sit above the images
     plt.close(fig)
     return [c for c, _ in panels]
 
