@@ -233,8 +233,9 @@ def bench_accuracy(
     table = render_table(summary)
     plot = doc.parent / "results" / f"{name}.png"
     render_plot(summary, plot)
+    diagnostics = render_diagnostics(rows, wanted) if diagnose != "none" else ""
     body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
-            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + (render_diagnostics(rows, wanted) if diagnose != "none" else ""))
+            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + diagnostics)
     replace_section(doc, name, body)
     readme = Path("README.md")
     if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
