@@ -207,7 +207,7 @@ def bench_accuracy(
     unknown = [n for n in names if cell_named(n).config not in list_configs()]
     if unknown:
         raise UserError(f"unknown cell(s) {', '.join(unknown)}; use shipped config names (sharpshift configs)")
-    wanted = [d for d in diagnose.split(",") if d and diagnose != "none"]
+    wanted = [] if diagnose == "none" else [d for d in diagnose.split(",") if d]
     if any(d not in DIAGNOSTICS for d in wanted):
         raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
     seed_list = [int(s) for s in seeds.split(",") if s]
@@ -217,9 +217,10 @@ def bench_accuracy(
         for seed in seed_list:
             if collect_only:
                 row = recorded_row(name, seed, record / budget)
-                row = refresh_headlines(row, root / budget) if row else None
-                rows += [row] if row else []
-                missing += [] if row else [f"{name} seed {seed}"]
+                if row:
+                    rows.append(refresh_headlines(row, root / budget))
+                else:
+                    missing.append(f"{name} seed {seed}")
                 continue
             rows.append(run_cell(cell_named(name), seed, BUDGETS[budget] + extra, root / budget,
                                  record=record / budget, diagnostics=wanted))
@@ -233,7 +234,7 @@ def bench_accuracy(
     table = render_table(summary)
     plot = doc.parent / "results" / f"{name}.png"
     render_plot(summary, plot)
-    diagnostics = render_diagnostics(rows, wanted) if diagnose != "none" else ""
+    diagnostics = "" if diagnose == "none" else render_diagnostics(rows, wanted)
     body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
             + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + diagnostics)
     replace_section(doc, name, body)

@@ -43,7 +43,7 @@ CELLS = {c.name: c for c in [
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True),
     Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True),
     Cell("supervised", "simclr", kind="supervised"),
-    # equal wall time against SSA-CLR (SAM costs ~1.6x a step): plain SimCLR with 5/3 of the epochs
+    # about SSA-CLR's wall time (its SAM step costs ~1.9x SimCLR's): plain SimCLR with 5/3 of the epochs
     Cell("simclr-5ep", "simclr", ["trainer.max_epochs=5"]),
 ]}
 # the DSA prior: a SimCLR run on another subset draw (seed 100), trained once per budget, never evaluated
@@ -79,13 +79,12 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
     survives the run folder (runs/ is not versioned) and is not run again on another machine."""
     row_file = record / cell.name / f"seed{seed}.json" if record else None
     run_dir = root / cell.name / f"seed{seed}"
-    if row_file and row_file.is_file():
-        row = json.loads(row_file.read_text())
-    elif (run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file():
-        row = collect(run_dir, cell, seed)
-    else:
+    row = recorded_row(cell.name, seed, record) if record else None
+    finished = (run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file()
+    if row is None and not finished:
         prior = [f"dsa.prior_path={train_prior(budget, root, extra)}"] if cell.needs_prior else []
         _train(cell, [*budget, *cell.overrides, *extra, *prior, f"seed={seed}"], run_dir)
+    if row is None:
         row = collect(run_dir, cell, seed)
     missing = [d for d in diagnostics if d not in row.get("diagnostics", {})]
     if missing and (run_dir / "backbone.safetensors").is_file():
