@@ -73,7 +73,7 @@ def child(job: dict) -> int:
 
 def main() -> None:
     jobs = json.loads(open(sys.argv[1]).read())
-    os.environ["SHARPSHIFT_NO_MALLOC_TUNING"] = "1"  # no re-exec: the child must stay this process
+    os.environ["SHARPSHIFT_NO_ENV_TUNING"] = "1"  # no re-exec: the child must stay this process
     os.environ.pop("SHARPSHIFT_RUN_DIR", None)
     import sharpshift.cli  # noqa: F401  (heavy imports once, inherited by every child)
     import sharpshift.train  # noqa: F401

@@ -7,6 +7,13 @@ from sharpshift.config import load_config
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
+# The suite's precision switch: SHARPSHIFT_TEST_PRECISION=bf16-mixed (or 32) makes every run whose config
+# leaves trainer.precision at auto use that precision, in this process and in the CLI and DDP processes the
+# tests start. Tests whose assertions depend on learning pin trainer.precision=32 or carry margins measured
+# under both precisions. Unset: auto decides, as for a user (sharpshift.precision_choice).
+if os.environ.get("SHARPSHIFT_TEST_PRECISION"):
+    os.environ["SHARPSHIFT_AUTO_PRECISION"] = os.environ["SHARPSHIFT_TEST_PRECISION"]
+
 
 def tiny_config(method: str = "simclr", *overrides: str, out_dir: str = "runs"):
     """A seconds-long run on scikit-learn's digits."""

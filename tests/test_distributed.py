@@ -64,7 +64,7 @@ def test_sampler_shards_are_disjoint_and_cover_the_epoch():
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_through_the_cli(tmp_path):
-    env = dict(os.environ, SHARPSHIFT_NO_MALLOC_TUNING="1")
+    env = dict(os.environ, SHARPSHIFT_NO_ENV_TUNING="1")
     env.pop("SHARPSHIFT_RUN_DIR", None)
     args = ["simclr", "data.dataset=digits", "data.batch_size=16", "trainer.max_steps=3", "trainer.max_epochs=1",
             "model.width=4", "method.proj_hidden_dim=16", "method.proj_output_dim=8", "trainer.precision=32",
@@ -106,7 +106,7 @@ def test_sam_ascent_gradient_is_synchronised_under_ddp(tmp_path):
     manual_backward), or the processes would ascend to different points."""
     script = tmp_path / "sam_spy.py"  # a file: Lightning relaunches the other process with the same argv
     script.write_text(SAM_SPY)
-    env = dict(os.environ, SHARPSHIFT_NO_MALLOC_TUNING="1", SPY_DIR=str(tmp_path))
+    env = dict(os.environ, SHARPSHIFT_NO_ENV_TUNING="1", SPY_DIR=str(tmp_path))
     env.pop("SHARPSHIFT_RUN_DIR", None)
     args = ["pretrain", "simclr", "data.dataset=digits", "data.batch_size=16", "trainer.max_steps=2",
             "trainer.max_epochs=1", "model.width=4", "method.proj_hidden_dim=16", "method.proj_output_dim=8",

@@ -37,7 +37,7 @@ main()
 
 
 def sharpshift(*args, kill_at=None, cwd=None):
-    env = dict(os.environ, SHARPSHIFT_NO_MALLOC_TUNING="1", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    env = dict(os.environ, SHARPSHIFT_NO_ENV_TUNING="1", PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     env.pop("SHARPSHIFT_RUN_DIR", None)
     if kill_at is not None:
         env["KILL_AT_STEP"] = str(kill_at)

@@ -33,7 +33,7 @@ def test_sam_ascent_gradient_is_synchronised_under_ddp(tmp_path):
     driver.write_text(DRIVER)
     spy = tmp_path / "spy"
     spy.mkdir()
-    env = dict(os.environ, SHARPSHIFT_NO_MALLOC_TUNING="1", SPY_DIR=str(spy),
+    env = dict(os.environ, SHARPSHIFT_NO_ENV_TUNING="1", SPY_DIR=str(spy),
                PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     env.pop("SHARPSHIFT_RUN_DIR", None)
     args = ["pretrain", "simclr", "sam.enabled=true", "data.dataset=digits", "data.batch_size=16", "trainer.max_steps=2",

@@ -13,14 +13,10 @@ from typing import Optional
 import typer
 
 from sharpshift.errors import UserError
+from sharpshift.process_env import reexec_tuned
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Self-supervised pretraining that is sharpness-aware, shift-aware and discriminative.")
-
-# Large-tensor allocations on CPU are far faster with glibc's mmap/trim thresholds raised (1.4-1.8x per
-# step, see docs/benchmarks.md). The variable must be set before Python starts, so the CLI re-executes
-# itself once with it unless the user set GLIBC_TUNABLES or SHARPSHIFT_NO_MALLOC_TUNING=1.
-MALLOC_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 
 diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics that make the papers' claims measurable.")
 app.add_typer(diagnose_app, name="diagnose")
@@ -243,19 +239,10 @@ def bench_accuracy(
         replace_section(readme, "readme-results", table)  # the README's table is the demo budget's
 
 
-def _reexec_with_malloc_tuning() -> None:
-    if os.environ.get("GLIBC_TUNABLES") or os.environ.get("SHARPSHIFT_NO_MALLOC_TUNING") == "1":
-        return
-    if not sys.platform.startswith("linux"):
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=MALLOC_TUNING)
-    os.execve(sys.executable, [sys.executable, "-m", "sharpshift.cli", *sys.argv[1:]], env)
-
-
 def main() -> None:
-    _reexec_with_malloc_tuning()
+    reexec_tuned()
     try:
-        app()  # usage errors: typer prints them and exits with 2
+        app(prog_name="sharpshift")  # not `python -m sharpshift.cli`, which the re-exec would show  # usage errors: typer prints them and exits with 2
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(e.exit_code) from None

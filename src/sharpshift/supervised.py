@@ -23,10 +23,9 @@ def train_supervised(cfg, data_dir: str | None = None) -> Path:
     from sharpshift.export import atomic_write_text, export_backbone
     from sharpshift.models import backbone_arch
     from sharpshift.supervised_module import Supervised
-    from sharpshift.train import build_trainer, make_run_dir, prepare
+    from sharpshift.train import build_trainer, make_run_dir, prepare, set_up_cpu
 
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    machine = set_up_cpu(cfg)
     train, test, world = prepare(cfg, data_dir)
     if train.labels is None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no labels; supervised training needs a labelled dataset")
@@ -51,7 +50,7 @@ def train_supervised(cfg, data_dir: str | None = None) -> Path:
                 image_size=train.size, method="supervised", dataset=cfg.data.dataset)
     export_backbone(module.backbone, arch, run_dir)
     summary = {"supervised": True, "train_seconds": round(seconds, 1), "steps": trainer.global_step,
-               "precision": trainer.precision,
+               "precision": trainer.precision, **machine,
                "images_per_second": round(trainer.global_step * cfg.data.batch_size * world / max(seconds, 1e-9), 1)}
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
     if cfg.eval.after_training and test is not None:

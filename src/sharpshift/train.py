@@ -18,30 +18,23 @@ from sharpshift.checkpoint import (CKPT_DIR, AtomicCheckpointIO, CheckpointEvery
 from sharpshift.config import Config, to_yaml
 from sharpshift.data.loader import PretrainData, channel_stats
 from sharpshift.data.registry import load_dataset
+from sharpshift.data.splits import split_validation
 from sharpshift.errors import UserError
 from sharpshift.export import atomic_write_text, export_backbone
 from sharpshift.methods import METHODS, resolve_method_defaults
 from sharpshift.models import backbone_arch
 from sharpshift.nonfinite import NonFiniteLoss
+from sharpshift.precision_choice import choose_for, cpu_name
+from sharpshift.process_env import THREAD_NOTE_ENV
 from sharpshift.resume import appending_csv_logger
+from sharpshift.throughput import Throughput
 
 RUN_DIR_ENV = "SHARPSHIFT_RUN_DIR"  # shared with the processes DDP launches, so all agree on one folder
 
 
-def cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def resolve_precision(cfg: Config) -> str:
-    if cfg.trainer.precision != "auto":
-        return "32-true" if cfg.trainer.precision == "32" else cfg.trainer.precision
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+    """Lightning's precision for this config (auto: see sharpshift.precision_choice)."""
+    return choose_for(cfg).precision
 
 
 def first_process() -> bool:
@@ -70,28 +63,32 @@ def make_run_dir(cfg: Config) -> Path:
 
 
 def prepare(cfg: Config, data_dir: str | None = None):
-    """Load and check the data before anything is created on disk."""
+    """Load and check the data before anything is created on disk: (pretraining images, the labelled split
+    the kNN monitor reads, world size). The monitor reads the validation hold-out when there is one."""
     if data_dir:
         cfg.data.data_dir = data_dir
     resolve_method_defaults(cfg)
-    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image).subset(cfg.data.subset,
-                                                                                                   seed=cfg.seed)
+    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
+    rest, val = split_validation(full, cfg.data.val_fraction)
+    train = rest.subset(cfg.data.subset, seed=cfg.seed)
     world = int(cfg.trainer.devices) * cfg.trainer.num_nodes if str(cfg.trainer.devices).isdigit() else 1
     if cfg.data.batch_size * world > len(train):
         raise UserError(f"data.batch_size={cfg.data.batch_size} x {world} process(es) is larger than the dataset "
                         f"({len(train)} images); lower data.batch_size")
-    test = None
-    if train.labels is not None:
-        try:
-            test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, cfg.data.on_bad_image).subset(
-                cfg.data.test_subset, seed=cfg.seed)
-        except UserError:
-            test = None
+    if train.labels is None:
+        return train, None, world
+    if val is not None:
+        return train, val, world
+    try:
+        test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, cfg.data.on_bad_image).subset(
+            cfg.data.test_subset, seed=cfg.seed)
+    except UserError:
+        test = None
     return train, test, world
 
 
-def build_module(cfg: Config, train, test=None, world: int = 1):
-    """The method's LightningModule, with the kNN monitor's data attached when labels exist."""
+def build_module(cfg: Config, train, monitored=None, world: int = 1):
+    """The method's LightningModule, with the kNN monitor's data (queries: `monitored`) attached when labels exist."""
     mean, std = channel_stats(train.images)
     steps_per_epoch = (len(train) // world) // cfg.data.batch_size
     total = cfg.trainer.max_epochs * steps_per_epoch
@@ -104,13 +101,13 @@ def build_module(cfg: Config, train, test=None, world: int = 1):
     for reg in module.regularisers:  # per-sample state (SAF's buffer) is sized before a checkpoint loads into it
         if hasattr(reg, "setup_dataset"):
             reg.setup_dataset(len(train))
-    if test is not None and cfg.eval.knn_every_n_epochs:
+    if monitored is not None and cfg.eval.knn_every_n_epochs:
         bank = train.subset(cfg.eval.knn_monitor_train, seed=cfg.seed)
-        module.monitor = (bank.images, bank.labels, test.images, test.labels)
+        module.monitor = (bank.images, bank.labels, monitored.images, monitored.labels)
     return module
 
 
-def build_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
+def build_trainer(cfg: Config, run_dir: Path, extra_callbacks: tuple = (), **overrides) -> L.Trainer:
     kwargs = dict(
         default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, max_steps=cfg.trainer.max_steps,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
@@ -118,7 +115,7 @@ def build_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
         logger=[appending_csv_logger(run_dir), TensorBoardLogger(run_dir, name="", version="tensorboard")],
         callbacks=[CheckpointEvery(run_dir / CKPT_DIR, cfg.trainer.checkpoint_every_n_steps,
                                    cfg.trainer.keep_checkpoints, describe(cfg))]
-        + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.progress_bar else []),
+        + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.progress_bar else []) + list(extra_callbacks),
         plugins=[AtomicCheckpointIO(describe(cfg))],  # atomic writes with a checksum; weights-only reads
         enable_checkpointing=False,  # no Lightning ModelCheckpoint: CheckpointEvery saves
         enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
@@ -128,11 +125,25 @@ def build_trainer(cfg: Config, run_dir: Path, **overrides) -> L.Trainer:
     return L.Trainer(**kwargs)
 
 
-def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike | None = None) -> Path:
-    """Train and export; with `resume` (a run folder), continue it from its newest complete checkpoint."""
+def set_up_cpu(cfg: Config) -> dict:
+    """Threads, denormals and the precision choice, printed first and returned for train.json."""
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.trainer.flush_denormal:
+        torch.set_flush_denormal(True)  # bf16 steps ~10% faster here (docs/benchmarks.md); a no-op where unsupported
+    choice = choose_for(cfg)
+    machine = {"precision_reason": choice.reason, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+               "thread_setting": os.environ.get(THREAD_NOTE_ENV, "not set up by the sharpshift command")}
+    if first_process():
+        print(f"precision: {choice.precision} ({choice.reason})", flush=True)
+        print(f"cpu: {machine['cpu']}, {machine['threads']} threads; {machine['thread_setting']}", flush=True)
+    return machine
+
+
+def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike | None = None) -> Path:
+    """Train and export; with `resume` (a run folder), continue it from its newest complete checkpoint."""
     ckpt_path, ckpt = find_resume_checkpoint(resume, describe(cfg)) if resume else (None, None)
+    machine = set_up_cpu(cfg)
     train, test, world = prepare(cfg, data_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, train, test, world)
@@ -147,7 +158,8 @@ def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike
         run_dir = make_run_dir(cfg)
         if first_process():
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    trainer = build_trainer(cfg, run_dir)
+    speed = Throughput()
+    trainer = build_trainer(cfg, run_dir, extra_callbacks=(speed,))
     t0 = time.time()
     try:
         trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed), ckpt_path=ckpt_path)
@@ -164,7 +176,8 @@ def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike
     export_backbone(module.backbone, arch, run_dir)
     steps = trainer.global_step - start_step  # this session's steps (all of them unless resumed)
     summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.global_step, "precision": trainer.precision,
-               "images_per_second": round(steps * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1)}
+               "images_per_second": round(steps * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1),
+               **machine, "speed": speed.summary(cfg.data.batch_size * world, module.views_per_image, train_seconds)}
     if ckpt_path is not None:
         summary.update(resumed_from=str(ckpt_path), resumed_at_step=start_step)
     if module.skipped_steps:

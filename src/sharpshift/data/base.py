@@ -46,6 +46,9 @@ class ImageDataset:
         """A seeded random subset of n samples (all of them when n >= len)."""
         if n <= 0 or n >= len(self):
             return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
+
+    def select(self, idx: torch.Tensor) -> "ImageDataset":
+        """The samples at these indices, in this order."""
         labels = self.labels[idx] if self.labels is not None else None
         return ImageDataset(self.images[idx], labels, self.name, self.classes)

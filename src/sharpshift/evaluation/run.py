@@ -9,6 +9,7 @@ import torch
 
 from sharpshift.config import Config, from_yaml_file
 from sharpshift.data.registry import load_dataset
+from sharpshift.data.splits import split_validation
 from sharpshift.errors import UserError
 from sharpshift.evaluation.features import extract_features
 from sharpshift.evaluation.knn import knn_top1
@@ -22,16 +23,20 @@ def run_config(run_dir: Path) -> Config:
     return from_yaml_file(run_dir / "config.yaml")
 
 
-def labelled_splits(cfg: Config, data_dir: str | None):
-    """Train and test splits with labels, as the evaluation protocol needs."""
-    train = load_dataset(cfg.data.dataset, "train", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
+def labelled_splits(cfg: Config, data_dir: str | None, with_val: bool = False):
+    """Train and test splits with labels, as the evaluation protocol needs: the probe and the kNN memory
+    are the train split without the validation hold-out. with_val: also return the hold-out (or None)."""
+    full = load_dataset(cfg.data.dataset, "train", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
     test = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
-    if train.labels is None or test.labels is None:
+    if full.labels is None or test.labels is None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no labels to evaluate with; evaluate on a labelled dataset")
-    return train, test.subset(cfg.data.test_subset, seed=cfg.seed)
+    train, val = split_validation(full, cfg.data.val_fraction)
+    test = test.subset(cfg.data.test_subset, seed=cfg.seed)
+    return (train, test, val) if with_val else (train, test)
 
 
-def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, bf16: bool = False) -> dict:
+def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, bf16: bool = False, val=None) -> dict:
+    """Linear probe and kNN fitted on `train`, scored on `test` (and on `val`, as val_*, when given)."""
     arch = getattr(backbone, "arch", {})
     kw = dict(mean=arch.get("mean"), std=arch.get("std"), bf16=bf16)
     t0 = time.time()
@@ -40,10 +45,17 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, bf16:
     probe = linear_probe(f_train, train.labels, f_test, test.labels, iterations=cfg.eval.linear_max_iter,
                          weight_decay=cfg.eval.linear_weight_decay, seed=cfg.seed)
     knn = knn_top1(f_train, train.labels, f_test, test.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
-    return {"linear_top1": float(probe.top1), "linear_train_top1": float(probe.train_top1), "knn_top1": float(knn),
-            "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
-            "train_size": len(train), "test_size": len(test), "feature_dim": int(f_train.shape[1]),
-            "eval_seconds": round(time.time() - t0, 1)}
+    result = {"linear_top1": float(probe.top1), "linear_train_top1": float(probe.train_top1), "knn_top1": float(knn),
+              "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
+              "train_size": len(train), "test_size": len(test), "feature_dim": int(f_train.shape[1])}
+    if val is not None:  # the same fitted probe and kNN memory, scored on the hold-out
+        f_val = extract_features(backbone, val.images, **kw)
+        result.update(val_linear_top1=float((probe.predict(f_val) == val.labels.to(f_val.device)).float().mean()),
+                      val_knn_top1=float(knn_top1(f_train, train.labels, f_val, val.labels, k=cfg.eval.knn_k,
+                                                  temperature=cfg.eval.knn_temperature)),
+                      val_size=len(val))
+    result["eval_seconds"] = round(time.time() - t0, 1)
+    return result
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict:
@@ -51,8 +63,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict:
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     backbone = load_backbone(run_dir)
-    train, test = labelled_splits(cfg, data_dir)
-    result = evaluate_backbone(backbone, cfg, train, test)
+    train, test, val = labelled_splits(cfg, data_dir, with_val=True)
+    result = evaluate_backbone(backbone, cfg, train, test, val=val)
     path = run_dir / "eval.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
     merged.update(result)

@@ -119,6 +119,7 @@ class SSLMethod(L.LightningModule):
         self.monitor: tuple[torch.Tensor, ...] | None = None  # (train_x, train_y, test_x, test_y) for kNN
         self._probe_hits = torch.zeros(2)
         self.skipped_steps = 0  # non-finite losses skipped (trainer.on_nonfinite=skip)
+        self.views_per_image = cfg.views.num_views  # the views a step really made (RSA makes more), for train.json
 
     def setup(self, stage: str) -> None:
         # The global rank is known now, however the processes were launched (Lightning, torchrun, SLURM):
@@ -173,6 +174,7 @@ class SSLMethod(L.LightningModule):
     def training_step(self, batch, batch_idx):
         images, labels, indices = batch
         ctx = StepContext(images, labels, indices, self.views(images), self.global_step, self.current_epoch)
+        self.views_per_image = len(ctx.views)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
 

@@ -66,12 +66,20 @@ def overview(run: RunData) -> Section:
                  ["seed", cfg.seed], ["epochs", cfg.trainer.max_epochs], ["batch size", cfg.data.batch_size]]
         addons = [f.name for f in dataclasses.fields(cfg) if getattr(getattr(cfg, f.name), "enabled", False) is True]
         rows.append(["add-ons enabled", ", ".join(addons) or "none"])
-    for key in ("linear_top1", "knn_top1"):
+    for key in ("linear_top1", "knn_top1", "val_linear_top1", "val_knn_top1"):
         if key in run.eval:
             rows.append([key, run.eval[key]])
-    for key in ("train_seconds", "images_per_second", "precision"):
+    for key in ("train_seconds", "images_per_second", "precision", "precision_reason", "thread_setting"):
         if key in run.train:
             rows.append([key, run.train[key]])
+    speed = run.train.get("speed", {})
+    for key in ("steady_images_per_second", "warmup_seconds"):
+        if key in speed:
+            rows.append([key, speed[key]])
+    if "slowest_stretch" in speed:
+        worst = speed["slowest_stretch"]
+        rows.append(["slowest stretch", f"{worst['images_per_second']} images/s over steps {worst['first_step']}-"
+                                        f"{worst['first_step'] + worst['steps'] - 1}"])
     if run.robustness:
         rows.append(["mean corruption top-1", run.robustness.get("mean_corruption_top1")])
     return Section("overview", "Overview", [Table(["", "value"], rows)])

@@ -1,0 +1,60 @@
+"""Choose the demo's recipe on the validation split, never on the test split.
+
+Each candidate is the demo (configs/default.yaml) with a few keys changed, pretrained with
+data.val_fraction=0.1 (the fixed hold-out of sharpshift.data.splits) and scored by the linear probe and kNN
+on that hold-out. Rows go to docs/results/demo_recipe.json as they finish; a recorded candidate is not rerun.
+
+    .venv/bin/python benchmarks/demo_recipe.py [CANDIDATE ...] [--precision 32|bf16-mixed]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path("docs/results/demo_recipe.json")
+CANDIDATES = {
+    "default": [],
+    "tau0.2": ["method.temperature=0.2"],
+    "fourier": ["fourier.enabled=true"],
+    "lr0.6": ["optim.lr=0.6"],
+    "tau0.2-fourier": ["method.temperature=0.2", "fourier.enabled=true"],
+    "epochs6": ["trainer.max_epochs=6"],
+}
+
+
+def run(name: str, precision: str, root: Path) -> dict:
+    keys = ["data.val_fraction=0.1", f"trainer.precision={precision}", "trainer.progress_bar=false",
+            "report.after_training=false", f"name=recipe-{name}", *CANDIDATES[name]]
+    out = subprocess.run([".venv/bin/sharpshift", "pretrain", "default", *keys, "--out-dir", str(root)],
+                         capture_output=True, text=True, env=dict(os.environ))
+    if out.returncode:
+        sys.exit(f"candidate {name} failed:\n{out.stderr[-2000:]}")
+    run_dir = Path(out.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+    ev, tr = (json.loads((run_dir / f).read_text()) for f in ("eval.json", "train.json"))
+    return {"candidate": name, "keys": CANDIDATES[name], "precision": precision, "run": str(run_dir),
+            "val_linear_top1": ev["val_linear_top1"], "val_knn_top1": ev["val_knn_top1"],
+            "train_seconds": tr["train_seconds"], "steps": tr["steps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--root", default="runs/demo-recipe")
+    args = parser.parse_args()
+    rows = json.loads(OUT.read_text()) if OUT.is_file() else []
+    for name in args.candidates:
+        if any(r["candidate"] == name and r["precision"] == args.precision for r in rows):
+            continue
+        rows.append(run(name, args.precision, Path(args.root)))
+        print(json.dumps(rows[-1]), flush=True)
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
