@@ -26,7 +26,6 @@ from sharpshift.bench.speed import machine
 from sharpshift.config import load_config
 from sharpshift.data.loader import PretrainData
 from sharpshift.data.registry import load_dataset
-from sharpshift.methods import resolve_method_defaults
 from sharpshift.train import build_module, build_trainer
 
 METHODS = ("simclr", "moco", "barlow", "simsiam")
@@ -60,7 +59,6 @@ def variant(method: str, amcl: bool, batch_size: int):
     cfg = load_config(f"amcl-{method}", [f"amcl.enabled={str(amcl).lower()}", f"data.batch_size={batch_size}",
                                          "eval.knn_every_n_epochs=0", "trainer.progress_bar=false",
                                          "trainer.num_threads=1"])
-    resolve_method_defaults(cfg)
     return cfg
 
 

@@ -28,12 +28,10 @@ def step_times(precision: str, steps: int) -> list[float]:
     from sharpshift.bench.speed import quiet_lightning, run_steps
     from sharpshift.config import load_config
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
 
     train = load_dataset("fashion-mnist", "train").subset(512, seed=0)
     cfg = load_config("default", [f"trainer.precision={precision}", "eval.knn_every_n_epochs=0",
                                   "eval.online_probe=false", "trainer.progress_bar=false"])
-    resolve_method_defaults(cfg)
     with quiet_lightning(), tempfile.TemporaryDirectory() as tmp:
         return run_steps(cfg, train, steps + 2, Path(tmp)).times[2:]
 

@@ -59,13 +59,11 @@ def step_times(method: str, dsa: list[str] | None, batch: int, steps: int, warmu
     from sharpshift.bench.speed import sharpshift_steps
     from sharpshift.config import load_config
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
 
     overrides = [f"data.batch_size={batch}", "eval.knn_every_n_epochs=0", "eval.online_probe=false",
                  "trainer.progress_bar=false", "trainer.precision=32", f"data.subset={batch * warmup}"]
     overrides += ["dsa.enabled=true", *dsa] if dsa else []
     cfg = load_config(method, overrides)
-    resolve_method_defaults(cfg)
     train = load_dataset(cfg.data.dataset, "train").subset(cfg.data.subset, seed=0)
     return sharpshift_steps(cfg, train, steps + warmup, tmp)[warmup:]  # warm-up = one epoch: caches full
 

@@ -20,8 +20,7 @@ import torch
 from sharpshift.config import ViewsConfig, load_config
 from sharpshift.data.registry import load_dataset
 from sharpshift.data.views import ViewGenerator, view_params
-from sharpshift.methods import resolve_method_defaults
-from sharpshift.methods.base import StepContext
+from sharpshift.steps import StepContext
 from sharpshift.shift.config import FourierConfig
 from sharpshift.shift.diagnostics import RECIPES
 from sharpshift.shift.views import ShiftViews
@@ -76,7 +75,6 @@ STEP_CONFIGS = [  # (label, config, overrides)
 def step_share(config: str, overrides: list[str], train, batch: int, steps: int, warmup: int = 3) -> dict:
     cfg = load_config(config, [f"data.batch_size={batch}", "eval.knn_every_n_epochs=0", "eval.online_probe=false",
                                "trainer.progress_bar=false", *overrides])
-    resolve_method_defaults(cfg)
     module = build_module(cfg, train)
     module.train()
     opt = module.configure_optimizers()[0][0]
@@ -90,7 +88,7 @@ def step_share(config: str, overrides: list[str], train, batch: int, steps: int,
         t1 = time.perf_counter()
         ctx = StepContext(images, train.labels[idx], idx, views, step=step, epoch=0)
         opt.zero_grad(set_to_none=True)
-        out = module.compute_loss(ctx)
+        out = module.objective(ctx)
         out.loss.backward()
         opt.step()
         module.after_optimizer_step(ctx, out)

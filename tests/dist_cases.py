@@ -64,14 +64,13 @@ LOSS_CASES = ("simclr", "moco", "barlow", "byol", "simsiam")
 # --- method-level cases: the real modules (BN in eval mode: per-sample, so a split batch is exact) ---------
 def method_module(name: str, overrides: tuple[str, ...] = ()):
     from sharpshift.config import load_config
-    from sharpshift.methods import METHODS, resolve_method_defaults
+    from sharpshift.methods import METHODS
 
     cfg = load_config(None, [f"method.name={name}", "data.dataset=digits", "model.width=4",
                              "method.proj_hidden_dim=16", "method.proj_output_dim=8", "eval.online_probe=false",
                              "model.channels_last=false",
                              *(["method.queue_size=16"] if name == "moco" else []),
                              *(["method.pred_hidden_dim=8"] if name in ("byol", "simsiam") else []), *overrides])
-    resolve_method_defaults(cfg)
     torch.manual_seed(0)
     module = METHODS[name](cfg, 1, 8, 10, [0.5], [0.25], total_steps=10, steps_per_epoch=5)
     return module.eval()
@@ -95,7 +94,7 @@ def prefill_saf(module, epoch: int) -> None:
 def method_case(case: "MethodCase", lo: int, hi: int, world: int):
     """The method's loss on rows lo:hi and its gradients (or, with a stepper, the parameters after one step),
     then its once-per-step updates (queues, buffers, EMA targets)."""
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
 
     module = method_module(case.method, case.overrides)
     if case.saf_epoch is not None:
@@ -107,7 +106,7 @@ def method_case(case: "MethodCase", lo: int, hi: int, world: int):
                       case.saf_epoch or 0)
 
     def closure():
-        out = module.compute_loss(ctx)
+        out = module.objective(ctx)
         for reg in module.regularisers:
             out.add(reg(module, ctx, out))
         return out

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sharpshift.amcl.heads import MultiHead, TemperatureNet
+from sharpshift.amcl.heads import TemperatureNet
+from sharpshift.models.heads import MultiHead
 from sharpshift.amcl.losses import (amcl_barlow_twins, amcl_infonce_queue, amcl_nt_xent, amcl_simsiam,
                                     pair_temperature)
 from sharpshift.config import load_config
@@ -313,24 +314,20 @@ def test_methods_train_with_amcl(name, tmp_path):
 
 def test_amcl_off_leaves_the_method_unchanged():
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     cfg = tiny_config("moco")
-    resolve_method_defaults(cfg)
     module = build_module(cfg, load_dataset("digits", "train"))
-    assert module.amcl_phi is None and module.queue.shape == (64, 16)
+    assert not hasattr(module, "amcl_phi") and module.queue.shape == (64, 16)
     assert not any(k.startswith("amcl") for k in module.state_dict())
 
 
 @pytest.mark.parametrize("overrides", [["method.name=byol"], ["rsa.enabled=true"]])
 def test_unsupported_combinations_are_refused(overrides):
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     cfg = tiny_config("simclr", "amcl.enabled=true", *overrides)
-    resolve_method_defaults(cfg)
     with pytest.raises(UserError, match="amcl"):
         build_module(cfg, load_dataset("digits", "train"))
 
@@ -357,12 +354,10 @@ def test_shipped_configs_turn_amcl_on(name):
 def test_similarity_histograms_per_head(tmp_path):
     from sharpshift.amcl.similarity import auc, head_similarities, plot_histograms
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     assert auc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0, 2.5])) == pytest.approx(5 / 6)
     cfg = tiny_config("simclr", "amcl.enabled=true")
-    resolve_method_defaults(cfg)
     data = load_dataset("digits", "train")
     heads = head_similarities(build_module(cfg, data), data.images[:20])
     assert len(heads) == 3 and heads[0]["pos"].shape == (20,) and heads[0]["neg"].shape == (20 * 19,)

@@ -265,11 +265,9 @@ def test_nonfinite_loss_skipped_when_configured(tmp_path, nan_at_step_3):
 
 def test_checkpoint_of_another_model_shape_is_refused(tmp_path):
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     cfg = tiny_config("simclr")
-    resolve_method_defaults(cfg)
     module = build_module(cfg, load_dataset("digits", "train"))
     state = dict(module.state_dict())
     state["projector.0.weight"] = torch.zeros(3, 3)
@@ -288,11 +286,9 @@ def test_checkpointed_module_state_holds_every_addon(method, overrides, needed):
     """What a checkpoint holds is the module's state_dict: EMA targets, queues, SAF's buffer (a registered,
     persistent buffer), AMCL's temperature net, MESA's teacher, DSA's adjuster."""
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     cfg = tiny_config(method, *overrides)
-    resolve_method_defaults(cfg)
     keys = list(build_module(cfg, load_dataset("digits", "train")).state_dict())
     for prefix in needed:
         assert any(k.startswith(prefix) for k in keys), (prefix, keys[-8:])

@@ -166,18 +166,16 @@ def _fit(cfg, tmp_path, steps=2):
 def _one_step(method, prior, *overrides):
     """compute_loss + every regulariser + backward, as the training closure does, without a Trainer."""
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
     from sharpshift.train import build_module
 
     cfg = tiny_config(method, "dsa.enabled=true", f"dsa.prior={prior}", *overrides)
-    resolve_method_defaults(cfg)
     train = load_dataset("digits", "train")
     torch.manual_seed(0)  # the same adjuster and heads for every call
     module = build_module(cfg, train)
     images = train.images[:32]
     ctx = StepContext(images, train.labels[:32], torch.arange(32), module.views(images), 0, 0)
-    out = module.compute_loss(ctx)
+    out = module.objective(ctx)
     base = out.loss.detach().clone()
     out.add(module.regularisers[0](module, ctx, out))
     out.loss.backward()
@@ -219,8 +217,7 @@ def test_dsa_trains_byol_with_its_momentum_encoder_as_prior(tmp_path):
 def test_checkpoint_prior_uses_its_own_normalisation_and_caches_originals(tmp_path):
     from sharpshift.data.registry import load_dataset
     from sharpshift.export import export_backbone
-    from sharpshift.methods import resolve_method_defaults
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
     from sharpshift.models import backbone_arch, build_backbone
     from sharpshift.train import build_module
 
@@ -229,7 +226,6 @@ def test_checkpoint_prior_uses_its_own_normalisation_and_caches_originals(tmp_pa
     arch = dict(backbone_arch("convnet", 1, 8, True), mean=[0.2], std=[0.4])
     export_backbone(prior_net, arch, tmp_path / "prior")
     cfg = tiny_config("simclr", "dsa.enabled=true", f"dsa.prior_path={tmp_path / 'prior'}")
-    resolve_method_defaults(cfg)
     train = load_dataset("digits", "train")
     module = build_module(cfg, train)
     reg = module.regularisers[0]
@@ -251,7 +247,6 @@ def test_checkpoint_prior_uses_its_own_normalisation_and_caches_originals(tmp_pa
 def test_dsa_config_errors_are_one_line():
     from sharpshift.config import load_config
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     with pytest.raises(UserError, match="dsa.prior_path"):
@@ -261,6 +256,5 @@ def test_dsa_config_errors_are_one_line():
     for overrides, fragment in [(["dsa.prior=ema"], "no momentum encoder"),
                                 (["dsa.prior=random", "dsa.neighbours=40"], "data.batch_size > 40")]:
         cfg = tiny_config("simclr", "dsa.enabled=true", *overrides)
-        resolve_method_defaults(cfg)
         with pytest.raises(UserError, match=fragment):
             build_module(cfg, load_dataset("digits", "train"))

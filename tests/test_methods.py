@@ -4,14 +4,13 @@ import torch
 
 from sharpshift.data.loader import PretrainData
 from sharpshift.data.registry import load_dataset
-from sharpshift.methods import METHODS, resolve_method_defaults
-from sharpshift.methods.base import ema_update
+from sharpshift.methods import METHODS
+from sharpshift.steps import ema_update
 from sharpshift.train import build_module, build_trainer
 from tests.conftest import tiny_config
 
 
 def fit(cfg, tmp_path, steps=4):
-    resolve_method_defaults(cfg)
     train = load_dataset("digits", "train")
     module = build_module(cfg, train)
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -65,7 +64,6 @@ def test_moco_queue_advances_by_the_batch_each_step(tmp_path):
 
 def test_enqueue_wraps_around():
     cfg = tiny_config("moco")
-    resolve_method_defaults(cfg)
     module = build_module(cfg, load_dataset("digits", "train"))
     keys = torch.nn.functional.normalize(torch.randn(40, 16), dim=1)
     module.queue_ptr.fill_(50)
@@ -75,6 +73,6 @@ def test_enqueue_wraps_around():
 
 
 def test_config_knows_every_method():
-    from sharpshift.config import METHOD_NAMES
+    from sharpshift.config import METHOD_DEFAULTS
 
-    assert set(METHOD_NAMES) == set(METHODS)
+    assert set(METHOD_DEFAULTS) == set(METHODS)

@@ -9,7 +9,6 @@ import pytest
 from sharpshift import precision_choice as P
 from sharpshift.data.loader import PretrainData
 from sharpshift.data.registry import load_dataset
-from sharpshift.methods import resolve_method_defaults
 from sharpshift.throughput import speed_summary
 from sharpshift.train import build_module, build_trainer, pretrain
 from tests.conftest import tiny_config
@@ -82,7 +81,6 @@ class Losses(L.Callback):
 def loss_curve(precision, tmp_path, steps=40):
     cfg = tiny_config("simclr", f"trainer.precision={precision}", "trainer.log_every_n_steps=1", "model.width=16",
                       f"trainer.max_steps={steps}")
-    resolve_method_defaults(cfg)
     L.seed_everything(0, verbose=False)
     train = load_dataset("digits", "train")
     module, losses = build_module(cfg, train), Losses()

@@ -23,6 +23,10 @@ def test_pretraining_beats_random_encoder_on_fashion_mnist(tmp_path, fashion_ava
     random = build_backbone("convnet", 1, width=16)
     random.arch = load_backbone(run).arch  # same normalisation
     floor = evaluate_backbone(random, cfg, train, test)
-    # measured: see docs/results.md; the margin asked here is far below the measured gap
-    assert trained["knn_top1"] > floor["knn_top1"] + 0.02
+    # Measured (this test's settings, seeds 0-4 for the subsets, the pretraining and the random encoder; AMD EPYC
+    # with AVX512-BF16, docs/benchmarks.md): kNN gain over the random encoder 0.0275/0.026/0.033/0.052/0.038 in
+    # fp32 and 0.032/0.037/0.0215/0.0465/0.036 in bf16-mixed; linear gain 0.011/0.0195/0.0375/0.018/0.017 in fp32
+    # and 0.0125/0.0195/0.026/0.008/0.013 in bf16. Pinned to fp32 above; the margins sit below every one of the
+    # ten measured gaps, so a CPU whose fp32 kernels round differently still passes.
+    assert trained["knn_top1"] > floor["knn_top1"] + 0.01
     assert trained["linear_top1"] > floor["linear_top1"]

@@ -10,7 +10,7 @@ from torch import nn
 
 from sharpshift.errors import UserError
 from sharpshift.methods import METHODS
-from sharpshift.methods.base import StepOutput
+from sharpshift.steps import StepOutput
 from sharpshift.sharpness.config import MESAConfig, SAFConfig, SAMConfig
 from sharpshift.sharpness.sam import SAMStepper, frozen_bn_stats, sam_perturbation
 from sharpshift.sharpness.trajectory import SAF, ema_parameters_and_buffers, trajectory_kl
@@ -31,10 +31,8 @@ def fit_epochs(cfg, root, n_images=256, ckpt_path=None, **trainer_kw):
     """Fit on the first n_images digits (so that an epoch is a few steps)."""
     from sharpshift.data.loader import PretrainData
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module, build_trainer
 
-    resolve_method_defaults(cfg)
     train = load_dataset("digits", "train").subset(n_images, seed=0)
     module = build_module(cfg, train)
     trainer = build_trainer(cfg, root, logger=False, **trainer_kw)
@@ -282,7 +280,7 @@ def test_sam_saf_and_mesa_together_with_every_base_method(name, tmp_path, monkey
 def test_saf_and_mesa_read_every_amcl_head(tmp_path):
     """AMCL's projector gives (n, C, d): SAF stores every head and MESA's teacher (a copy of that projector)
     is compared head by head, not with head 0's `proj` alone."""
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
 
     cfg = tiny_config("simclr", "amcl.enabled=true", "amcl.heads=3", "saf.enabled=true", "saf.epochs_ago=1",
                       "mesa.enabled=true", "mesa.start_epoch=0", "trainer.max_epochs=2", "trainer.max_steps=-1")
@@ -291,7 +289,7 @@ def test_saf_and_mesa_read_every_amcl_head(tmp_path):
     assert trainer.global_step == 4 and saf.past.shape == (64, 2, 3, 16) and int(saf.written.max()) == 1
     images = (torch.rand(8, 1, 8, 8) * 255).to(torch.uint8)
     ctx = StepContext(images, torch.full((8,), -1), torch.arange(8), module.views(images), step=4, epoch=1)
-    out = module.compute_loss(ctx)
+    out = module.objective(ctx)
     assert out.extra["heads"][0].shape == (8, 3, 16) and set(saf(module, ctx, out)) == {"saf"}
     assert set(mesa(module, ctx, out)) == {"mesa"}
 
@@ -409,13 +407,11 @@ def test_mesa_teacher_is_an_ema_updated_once_per_step(tmp_path, monkeypatch):
 
 def test_mesa_term_uses_the_teacher_in_eval_mode_on_the_same_views():
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
     from sharpshift.sharpness.trajectory import views_kl
     from sharpshift.train import build_module
 
     cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", "mesa.weight=0.8")
-    resolve_method_defaults(cfg)
     module = build_module(cfg, load_dataset("digits", "train"))
     mesa = module.regularisers[0]
     with torch.no_grad():  # a teacher that differs from the online network
@@ -424,7 +420,7 @@ def test_mesa_term_uses_the_teacher_in_eval_mode_on_the_same_views():
     module.train()  # as Lightning does at the start of fit: the teacher is in train mode now
     images = (torch.rand(16, 1, 8, 8) * 255).to(torch.uint8)
     ctx = StepContext(images, torch.full((16,), -1), torch.arange(16), module.views(images), step=0, epoch=0)
-    out = module.compute_loss(ctx)
+    out = module.objective(ctx)
     term = mesa(module, ctx, out)["mesa"].detach()
     assert not mesa.teacher.training
     with torch.no_grad():

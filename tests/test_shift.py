@@ -205,18 +205,16 @@ def test_simclr_rsa_pairs_each_aggressive_view_with_the_other_crops_weak_view():
 # --- wiring into the methods --------------------------------------------------------------------------
 def _module(method, *overrides):
     from sharpshift.data.registry import load_dataset
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
     from tests.conftest import tiny_config
 
     cfg = tiny_config(method, "rsa.enabled=true", *overrides)
-    resolve_method_defaults(cfg)
     return build_module(cfg, load_dataset("digits", "train"))
 
 
 @pytest.mark.parametrize("method", ["byol", "moco", "simclr"])
 def test_weak_views_never_reach_the_online_branch_and_aggressive_never_the_target(method):
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
 
     m = _module(method)
     images = (torch.rand(8, 1, 8, 8) * 255).to(torch.uint8)
@@ -226,7 +224,7 @@ def test_weak_views_never_reach_the_online_branch_and_aggressive_never_the_targe
     m.backbone.register_forward_pre_hook(lambda mod, inp: seen.append(("online", inp[0], torch.is_grad_enabled())))
     if hasattr(m, "target_backbone"):
         m.target_backbone.register_forward_pre_hook(lambda mod, inp: seen.append(("target", inp[0], False)))
-    out = m.compute_loss(StepContext(images, torch.full((8,), -1), torch.arange(8), views, step=0, epoch=0))
+    out = m.objective(StepContext(images, torch.full((8,), -1), torch.arange(8), views, step=0, epoch=0))
     aggressive, weak = torch.cat(views[:2]), torch.cat(views[2:])
     with_grad = [x for branch, x, grad in seen if branch == "online" and grad]
     stop_grad = [x for branch, x, grad in seen if not (branch == "online" and grad)]

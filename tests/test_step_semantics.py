@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from sharpshift.data.loader import IndexedBatches, PretrainData, ResumableLoader, ShardedBatchSampler
 from sharpshift.data.registry import load_dataset
 from sharpshift.losses import byol_loss, simsiam_loss
-from sharpshift.methods import resolve_method_defaults
-from sharpshift.methods.base import StepContext
+from sharpshift.steps import StepContext
 from sharpshift.shift.rsa import beta_k
 from sharpshift.train import build_module, build_trainer
 from tests.conftest import tiny_config
@@ -19,7 +18,6 @@ from tests.conftest import tiny_config
 
 def module_for(method, *overrides):
     cfg = tiny_config(method, "trainer.precision=32", *overrides)
-    resolve_method_defaults(cfg)
     return build_module(cfg, load_dataset("digits", "train"))
 
 
@@ -48,7 +46,7 @@ def test_regression_losses_stop_the_gradient_at_the_target(loss_fn):
 def test_simsiam_predictor_gets_the_gradient_and_the_loss_predicts_the_other_view():
     m = module_for("simsiam")
     ctx = context(m)
-    out = m.compute_loss(ctx)
+    out = m.objective(ctx)
     out.loss.backward()  # swapped (the target predicted by the prediction), the predictor would get no gradient
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.predictor.parameters())
     z = out.proj
@@ -92,7 +90,7 @@ def test_rsa_beta_follows_the_step_the_method_is_at(method):
     m = module_for(method, "rsa.enabled=true", "rsa.beta_base=0.8")
     late = m.total_steps * 3 // 4
     for step in (0, late):
-        out = m.compute_loss(context(m, step=step))
+        out = m.objective(context(m, step=step))
         beta = beta_k(step, m.total_steps, 0.8, m.cfg.rsa.schedule)
         assert out.extra["rsa_beta"] == pytest.approx(beta)
         mixed = (1 - beta) * out.terms["rsa_aggr_weak"] + beta * out.terms["rsa_aggr_aggr"]

@@ -1,7 +1,9 @@
-"""Importing this module registers every add-on (regularisers, steppers) with sharpshift.methods.hooks.
-One line per add-on module."""
-import sharpshift.shift.views  # noqa: F401,E402  (Fourier and RSA views)
-import sharpshift.dsa.regulariser  # noqa: F401,E402  (DSA: learned pair relations with outlier scores)
-import sharpshift.sharpness.sam  # noqa: F401,E402  (SAM/ASAM stepper)
-import sharpshift.sharpness.trajectory  # noqa: F401,E402  (SAF and MESA regularisers)
-import sharpshift.amcl.hooks  # noqa: F401,E402  (AMCL: refuses unsupported method combinations)
+"""Importing this module registers every add-on with sharpshift.plugins (sharpshift.plugins.load does it once).
+One line per add-on module; the order is the order regularisers and view wrappers apply in."""
+import sharpshift.shift.views  # noqa: F401  (Fourier and RSA views)
+import sharpshift.shift.rsa  # noqa: F401  (RSA objectives for BYOL, SimCLR, MoCo)
+import sharpshift.dsa.regulariser  # noqa: F401  (DSA: learned pair relations with outlier scores)
+import sharpshift.sharpness.sam  # noqa: F401  (SAM/ASAM stepper)
+import sharpshift.sharpness.trajectory  # noqa: F401  (SAF and MESA regularisers)
+import sharpshift.amcl.heads  # noqa: F401  (AMCL: C heads and the temperature network)
+import sharpshift.amcl.steps  # noqa: F401  (AMCL objectives for SimCLR, MoCo, SimSiam, Barlow Twins)

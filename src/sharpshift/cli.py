@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from sharpshift.cli_args import split_args
 from sharpshift.errors import UserError
 from sharpshift.process_env import reexec_tuned
 
@@ -38,12 +39,6 @@ app.command("supervised", context_settings={"allow_interspersed_args": True})(su
 DataDir = typer.Option(None, "--data-dir", help="Folder with the dataset files (else $SHARPSHIFT_DATA, then defaults).")
 
 
-def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
-    args = list(args or [])
-    config = args.pop(0) if args and "=" not in args[0] else None
-    return config, args
-
-
 @app.command(context_settings={"allow_interspersed_args": True})
 def pretrain(
     args: Optional[list[str]] = typer.Argument(None, help="[CONFIG] [key=value ...], e.g. byol optim.lr=0.5"),
@@ -55,7 +50,7 @@ def pretrain(
     """Pretrain an encoder; writes a run folder with config, checkpoints, logs, backbone and eval.json."""
     from sharpshift.config import load_config
 
-    config, overrides = _split_args(args)
+    config, overrides = split_args(args)
     if resume is not None:
         from sharpshift.resume import resume_config
 
@@ -192,51 +187,10 @@ def bench_accuracy(
     data_dir: Optional[str] = DataDir,
 ) -> None:
     """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors."""
-    from sharpshift.bench.grid import (BUDGETS, DIAGNOSTICS, cell_named, floors, recorded_row, refresh_headlines,
-                                       render_diagnostics, render_plot, render_table, replace_section, run_cell,
-                                       summarise)
-    from sharpshift.config import list_configs
+    from sharpshift.bench.grid import run_grid
 
-    if budget not in BUDGETS:
-        raise UserError(f"unknown budget {budget!r}; use one of {sorted(BUDGETS)}")
-    names = [c for c in cells.split(",") if c]
-    unknown = [n for n in names if cell_named(n).config not in list_configs()]
-    if unknown:
-        raise UserError(f"unknown cell(s) {', '.join(unknown)}; use shipped config names (sharpshift configs)")
-    wanted = [] if diagnose == "none" else [d for d in diagnose.split(",") if d]
-    if any(d not in DIAGNOSTICS for d in wanted):
-        raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
-    seed_list = [int(s) for s in seeds.split(",") if s]
-    extra = [f"data.data_dir={data_dir}"] if data_dir else []
-    rows, missing = [], []
-    for name in names:
-        for seed in seed_list:
-            if collect_only:
-                row = recorded_row(name, seed, record / budget)
-                if row:
-                    rows.append(refresh_headlines(row, root / budget))
-                else:
-                    missing.append(f"{name} seed {seed}")
-                continue
-            rows.append(run_cell(cell_named(name), seed, BUDGETS[budget] + extra, root / budget,
-                                 record=record / budget, diagnostics=wanted))
-            typer.echo(json.dumps(rows[-1]))
-    rows += floors(BUDGETS[budget] + extra, seed_list, root / budget)
-    (root / budget).mkdir(parents=True, exist_ok=True)
-    (root / budget / "results.json").write_text(json.dumps(rows, indent=2))
-    command = "sharpshift bench accuracy " + " ".join(sys.argv[3:])
-    name = section or f"grid-{budget}"
-    summary = summarise(rows)
-    table = render_table(summary)
-    plot = doc.parent / "results" / f"{name}.png"
-    render_plot(summary, plot)
-    diagnostics = "" if diagnose == "none" else render_diagnostics(rows, wanted)
-    body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
-            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + diagnostics)
-    replace_section(doc, name, body)
-    readme = Path("README.md")
-    if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
-        replace_section(readme, "readme-results", table)  # the README's table is the demo budget's
+    run_grid(cells, seeds, budget, root, doc, record, diagnose, section, collect_only, data_dir,
+             command="sharpshift bench accuracy " + " ".join(sys.argv[3:]), log=typer.echo)
 
 
 def main() -> None:

@@ -21,7 +21,17 @@ from sharpshift.amcl.config import AMCLConfig
 from sharpshift.evaluation.robustness_config import RobustnessConfig
 from sharpshift.report.config import ReportConfig
 
-METHOD_NAMES = ("simclr", "moco", "byol", "barlow", "simsiam")  # = sharpshift.methods.METHODS (a test checks)
+# Each base method's values for the MethodConfig fields a config leaves empty, applied inside load_config.
+# A new method adds its row with sharpshift.methods.register_method; the method names are this table's keys.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "simclr": dict(proj_hidden_dim=512, proj_output_dim=128, temperature=0.5),
+    "moco": dict(proj_hidden_dim=512, proj_output_dim=128, temperature=0.2, momentum_base=0.99, momentum_final=1.0,
+                 queue_size=4096),
+    "byol": dict(proj_hidden_dim=1024, proj_output_dim=128, pred_hidden_dim=1024, momentum_base=0.99,
+                 momentum_final=1.0),
+    "barlow": dict(proj_hidden_dim=1024, proj_output_dim=1024, barlow_lambda=0.005, barlow_scale=0.1),
+    "simsiam": dict(proj_hidden_dim=512, proj_output_dim=512, pred_hidden_dim=128),
+}
 CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs")
 
 
@@ -216,7 +226,15 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             raise _explain(e, f"override {item!r}") from None
     config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(config)
+    resolve_method_defaults(config)
     return config
+
+
+def resolve_method_defaults(cfg: Config) -> None:
+    """Fill method fields left empty with the chosen method's own defaults (saved resolved in the run)."""
+    for key, value in METHOD_DEFAULTS[cfg.method.name].items():
+        if getattr(cfg.method, key) is None:
+            setattr(cfg.method, key, value)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -230,7 +248,8 @@ def validate(c: Config) -> None:
 
     _check(c.data.dataset in known_datasets(),
            f"unknown dataset {c.data.dataset!r}; set data.dataset to one of {known_datasets()}")
-    _check(c.method.name in METHOD_NAMES, f"unknown method {c.method.name!r}; set method.name to one of {METHOD_NAMES}")
+    _check(c.method.name in METHOD_DEFAULTS,
+           f"unknown method {c.method.name!r}; set method.name to one of {tuple(METHOD_DEFAULTS)}")
     _check(c.data.batch_size >= 2, f"data.batch_size must be at least 2, got {c.data.batch_size}")
     _check(c.data.subset >= 0 and c.data.test_subset >= 0, "data.subset and data.test_subset must be >= 0")
     _check(0 <= c.data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {c.data.val_fraction}")

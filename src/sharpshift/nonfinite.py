@@ -3,15 +3,11 @@ skips the step. The check runs inside the closure, before backward, so a bad val
 weights; with several processes they agree first, so that all stop or skip the same step together."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from sharpshift.errors import UserError
 from sharpshift.losses.dist import all_true
-
-if TYPE_CHECKING:
-    from sharpshift.methods.base import StepOutput
+from sharpshift.steps import StepOutput
 
 
 class NonFiniteLoss(UserError):
@@ -21,7 +17,7 @@ class NonFiniteLoss(UserError):
                          "optim.grad_clip, or set trainer.on_nonfinite=skip to skip such steps")
 
 
-def check_finite(out: "StepOutput", step: int) -> None:
+def check_finite(out: StepOutput, step: int) -> None:
     """Raise NonFiniteLoss if the loss is NaN or inf in any process, naming the first bad term."""
     if all_true(torch.isfinite(out.loss.detach()).all()):
         return

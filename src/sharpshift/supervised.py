@@ -15,7 +15,6 @@ def train_supervised(cfg, data_dir: str | None = None) -> Path:
     import time
 
     import lightning as L
-    import torch
 
     from sharpshift.config import to_yaml
     from sharpshift.data.loader import PretrainData, channel_stats
@@ -67,10 +66,10 @@ def supervised_command(
 ) -> None:
     """Train the same backbone with labels (cross-entropy on the same views): the supervised reference,
     saved as a run folder that `evaluate` and `diagnose` accept."""
-    from sharpshift.cli import _split_args
+    from sharpshift.cli_args import split_args
     from sharpshift.config import load_config
 
-    config, overrides = _split_args(args)
+    config, overrides = split_args(args)
     cfg = load_config(config, overrides + ([f"out_dir={out_dir}"] if out_dir else []))
     run_dir = train_supervised(cfg, data_dir)
     result = run_dir / "eval.json"

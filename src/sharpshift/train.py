@@ -21,7 +21,7 @@ from sharpshift.data.registry import load_dataset
 from sharpshift.data.splits import split_validation
 from sharpshift.errors import UserError
 from sharpshift.export import atomic_write_text, export_backbone
-from sharpshift.methods import METHODS, resolve_method_defaults
+from sharpshift.methods import METHODS
 from sharpshift.models import backbone_arch
 from sharpshift.nonfinite import NonFiniteLoss
 from sharpshift.precision_choice import choose_for, cpu_name
@@ -67,7 +67,6 @@ def prepare(cfg: Config, data_dir: str | None = None):
     the kNN monitor reads, world size). The monitor reads the validation hold-out when there is one."""
     if data_dir:
         cfg.data.data_dir = data_dir
-    resolve_method_defaults(cfg)
     full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
     rest, val = split_validation(full, cfg.data.val_fraction)
     train = rest.subset(cfg.data.subset, seed=cfg.seed)

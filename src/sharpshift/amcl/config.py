@@ -6,7 +6,6 @@ from typing import Optional
 
 from sharpshift.errors import UserError
 
-AMCL_METHODS = ("simclr", "moco", "barlow", "simsiam")
 DEFAULT_BETA = {"barlow": 1e-6}  # every other method: 1e-4 (the official code's defaults)
 
 

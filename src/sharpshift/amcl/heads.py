@@ -1,27 +1,14 @@
-"""AMCL's two modules: C independent projection heads, and the temperature network phi shared by all heads."""
+"""AMCL's two modules, registered with sharpshift.plugins: C independent projection heads (every head a method
+builds through SSLMethod.head becomes a MultiHead), and the temperature network phi shared by all heads."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from sharpshift.config import Config
-
-
-class MultiHead(nn.Module):
-    """C heads of the same architecture with independent weights. Input (n, d): every head reads it;
-    input (n, C, d): head c reads [:, c] (a per-head predictor after per-head projectors). Output (n, C, d')."""
-
-    def __init__(self, heads: list[nn.Module]):
-        super().__init__()
-        self.heads = nn.ModuleList(heads)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 2:
-            return torch.stack([head(x) for head in self.heads], dim=1)
-        return torch.stack([head(x[:, c]) for c, head in enumerate(self.heads)], dim=1)
+from sharpshift import plugins
+from sharpshift.models.heads import MultiHead
 
 
 class TemperatureNet(nn.Module):
@@ -36,18 +23,18 @@ class TemperatureNet(nn.Module):
         return self.net(z.float())
 
 
-def projection_heads(cfg: "Config", make_head: Callable[[], nn.Module]) -> nn.Module:
-    """The base method's head, or, with amcl on, C independent heads of the same architecture."""
-    if not cfg.amcl.enabled:
-        return make_head()
+def projection_heads(cfg, make_head: Callable[[], nn.Module]) -> nn.Module:
+    """C independent heads of the same architecture, in place of the method's one."""
     return MultiHead([make_head() for _ in range(cfg.amcl.heads)])
 
 
-def temperature_net(cfg: "Config") -> TemperatureNet | None:
-    """phi, or None with amcl off. It reads d'-dim normalised embeddings, except for Barlow Twins, where it reads
-    a channel's values over the (per-process) batch, so its width is data.batch_size (fixed: the last
-    incomplete batch is dropped)."""
-    if not cfg.amcl.enabled:
-        return None
+def temperature_net(cfg) -> dict[str, nn.Module]:
+    """phi, carried by the method as `amcl_phi`. It reads d'-dim normalised embeddings, except for Barlow Twins,
+    where it reads a channel's values over the (per-process) batch, so its width is data.batch_size (fixed: the
+    last incomplete batch is dropped)."""
     dim = cfg.data.batch_size if cfg.method.name == "barlow" else cfg.method.proj_output_dim
-    return TemperatureNet(dim, cfg.amcl.phi_hidden)
+    return {"amcl_phi": TemperatureNet(dim, cfg.amcl.phi_hidden)}
+
+
+plugins.HEADS["amcl"] = projection_heads
+plugins.MODULES["amcl"] = temperature_net

@@ -44,11 +44,9 @@ def load_run_module(run_dir: Path):
     """Rebuild a run's training module (heads included) from its config and last checkpoint."""
     from sharpshift.data.registry import load_dataset
     from sharpshift.evaluation.run import run_config
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     cfg = run_config(run_dir)
-    resolve_method_defaults(cfg)
     train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.subset, seed=cfg.seed)
     module = build_module(cfg, train)
     ckpt = run_dir / "checkpoints" / "last.ckpt"

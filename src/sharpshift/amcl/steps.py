@@ -1,6 +1,7 @@
-"""One AMCL training step per base method: called from the method's compute_loss when amcl.enabled.
+"""One AMCL training step per base method, registered with sharpshift.plugins as the (amcl, method) objective.
 
-The methods build `projector` (and SimSiam's `predictor`) with amcl.heads.projection_heads, so their outputs
+The methods build `projector` (and SimSiam's `predictor`) through SSLMethod.head, which amcl.heads turns into
+C heads, so their outputs
 are (n, C, d); `amcl_phi` is the shared temperature network. The step output keeps head 0's projections in
 `proj` (what add-ons that read projections expect: (n, d) per view) and every head's in extra["heads"].
 Evaluation never sees the heads: it reads the backbone.
@@ -8,24 +9,19 @@ Evaluation never sees the heads: it reads the backbone.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
-
 import torch
 
+from sharpshift import plugins
 from sharpshift.amcl.losses import amcl_barlow_twins, amcl_infonce_queue, amcl_nt_xent, amcl_simsiam
-
-if TYPE_CHECKING:
-    from sharpshift.methods.base import SSLMethod, StepContext, StepOutput
+from sharpshift.steps import StepContext, StepOutput
 
 
-def _temperature_kwargs(m: "SSLMethod") -> dict:
+def _temperature_kwargs(m) -> dict:
     a = m.cfg.amcl
     return dict(beta=a.resolved_beta(m.name), tau_min=a.tau_min, tau_max=a.tau_max)
 
 
-def _output(loss, stats: dict, feats, z, **extra) -> "StepOutput":
-    from sharpshift.methods.base import StepOutput
-
+def _output(loss, stats: dict, feats, z, **extra) -> StepOutput:
     terms = {"amcl": loss.detach(), **{f"amcl_{k}": v for k, v in stats.items()}}
     return StepOutput(loss, terms, feats, [v[:, 0] for v in z], extra=dict(extra, heads=z))
 
@@ -36,7 +32,7 @@ def _mean_results(results: list) -> tuple[torch.Tensor, dict]:
     return loss, stats
 
 
-def simclr_step(m, ctx: "StepContext") -> "StepOutput":
+def simclr_step(m, ctx: StepContext) -> StepOutput:
     feats, z = m.encode(ctx.views, m.backbone, m.projector)
     pairs = list(itertools.combinations(range(len(z)), 2))  # more than two views: mean over pairs, as the base
     kw = dict(_temperature_kwargs(m), topk=m.cfg.amcl.topk)
@@ -44,7 +40,7 @@ def simclr_step(m, ctx: "StepContext") -> "StepOutput":
     return _output(loss, stats, feats, z)
 
 
-def moco_step(m, ctx: "StepContext") -> "StepOutput":
+def moco_step(m, ctx: StepContext) -> StepOutput:
     v1, v2 = ctx.views[0], ctx.views[1]
     feats, q = m.encode([v1, v2], m.backbone, m.projector)
     with torch.no_grad():
@@ -56,14 +52,14 @@ def moco_step(m, ctx: "StepContext") -> "StepOutput":
     return _output(loss, stats, feats, q, keys=k[1])  # keys (n, C, d): one per head for its queue
 
 
-def simsiam_step(m, ctx: "StepContext") -> "StepOutput":
+def simsiam_step(m, ctx: StepContext) -> StepOutput:
     feats, z = m.encode(ctx.views[:2], m.backbone, m.projector)
     p = list(m.predictor(torch.cat(z)).chunk(2))  # head c's predictor reads head c's projection
     loss, stats = amcl_simsiam(p[0], p[1], z[0], z[1], m.amcl_phi, **_temperature_kwargs(m))
     return _output(loss, stats, feats, z, pred=p)
 
 
-def barlow_step(m, ctx: "StepContext") -> "StepOutput":
+def barlow_step(m, ctx: StepContext) -> StepOutput:
     feats, z = m.encode(ctx.views[:2], m.backbone, m.projector)
     loss, stats = amcl_barlow_twins(z[0], z[1], m.amcl_phi, lambd=m.mcfg.barlow_lambda, scale=m.mcfg.barlow_scale,
                                     **_temperature_kwargs(m))
@@ -72,7 +68,5 @@ def barlow_step(m, ctx: "StepContext") -> "StepOutput":
 
 STEPS = {"simclr": simclr_step, "moco": moco_step, "simsiam": simsiam_step, "barlow": barlow_step}
 
-
-def amcl_loss(m: "SSLMethod", ctx: "StepContext") -> "StepOutput":
-    """The AMCL version of m.compute_loss(ctx)."""
-    return STEPS[m.name](m, ctx)
+plugins.OBJECTIVES.update({("amcl", name): step for name, step in STEPS.items()})
+plugins.REFUSALS["amcl"] = "set amcl.enabled=false or method.name to one of those"

@@ -15,10 +15,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from sharpshift.config import load_config
+from sharpshift.errors import UserError
 from sharpshift.train import RUN_DIR_ENV
 
 
@@ -311,3 +313,50 @@ def render_plot(summary: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record: Path, diagnose: str, section: str,
+             collect_only: bool, data_dir: str | None, command: str, log: Callable[[str], None] = print) -> None:
+    """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors
+    (`sharpshift bench accuracy`); rewrites the doc's section and, for the default budget, the README table."""
+    from sharpshift.config import list_configs
+
+    if budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; use one of {sorted(BUDGETS)}")
+    names = [c for c in cells.split(",") if c]
+    unknown = [n for n in names if cell_named(n).config not in list_configs()]
+    if unknown:
+        raise UserError(f"unknown cell(s) {', '.join(unknown)}; use shipped config names (sharpshift configs)")
+    wanted = [] if diagnose == "none" else [d for d in diagnose.split(",") if d]
+    if any(d not in DIAGNOSTICS for d in wanted):
+        raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
+    seed_list = [int(s) for s in seeds.split(",") if s]
+    extra = [f"data.data_dir={data_dir}"] if data_dir else []
+    rows, missing = [], []
+    for name in names:
+        for seed in seed_list:
+            if collect_only:
+                row = recorded_row(name, seed, record / budget)
+                if row:
+                    rows.append(refresh_headlines(row, root / budget))
+                else:
+                    missing.append(f"{name} seed {seed}")
+                continue
+            rows.append(run_cell(cell_named(name), seed, BUDGETS[budget] + extra, root / budget,
+                                 record=record / budget, diagnostics=wanted))
+            log(json.dumps(rows[-1]))
+    rows += floors(BUDGETS[budget] + extra, seed_list, root / budget)
+    (root / budget).mkdir(parents=True, exist_ok=True)
+    (root / budget / "results.json").write_text(json.dumps(rows, indent=2))
+    name = section or f"grid-{budget}"
+    summary = summarise(rows)
+    table = render_table(summary)
+    plot = doc.parent / "results" / f"{name}.png"
+    render_plot(summary, plot)
+    diagnostics = "" if diagnose == "none" else render_diagnostics(rows, wanted)
+    body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
+            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + diagnostics)
+    replace_section(doc, name, body)
+    readme = Path("README.md")
+    if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
+        replace_section(readme, "readme-results", table)  # the README's table is the demo budget's

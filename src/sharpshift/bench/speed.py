@@ -33,7 +33,7 @@ from sharpshift.config import Config, load_config
 from sharpshift.data.loader import PretrainData
 from sharpshift.errors import UserError
 from sharpshift.losses import nt_xent
-from sharpshift.methods import METHODS, resolve_method_defaults
+from sharpshift.methods import METHODS
 from sharpshift.train import build_module, build_trainer, resolve_precision
 
 WARMUP_STEPS = 2  # = one epoch of the two-batch subset each case trains on
@@ -99,7 +99,6 @@ def case_config(case: Case, batch_size: int) -> Config:
     cfg = load_config(case.base, [f"data.batch_size={batch_size}", "eval.knn_every_n_epochs=0",
                                   "eval.online_probe=false", "trainer.progress_bar=false", "trainer.accelerator=cpu",
                                   *case.overrides])
-    resolve_method_defaults(cfg)
     return cfg
 
 

@@ -21,7 +21,7 @@ from sharpshift.dsa.outliers import good_neighbour_scores
 from sharpshift.dsa.prior import build_prior
 from sharpshift.errors import UserError
 from sharpshift.losses.dist import gather_no_grad, rank
-from sharpshift.methods.hooks import REGULARISERS
+from sharpshift.plugins import REGULARISERS
 
 
 class DSARegulariser(nn.Module):

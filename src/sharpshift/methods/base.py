@@ -1,7 +1,10 @@
 """The shared training loop for every base method: small on purpose.
 
-A method subclass builds its heads and computes its loss (`compute_loss`), and says what to do once per
-optimizer step (`after_optimizer_step`: EMA targets, queues). Add-ons plug in without touching methods:
+A method subclass builds its heads (each through `self.head`), its non-parameter state (`build_state`), computes
+its loss (`compute_loss`), and says what to do once per optimizer step (`after_optimizer_step`: EMA targets,
+queues). Add-ons plug in through sharpshift.plugins without touching methods:
+- an objective (AMCL, RSA) replaces `compute_loss` for the (add-on, method) pairs it registers, and a head
+  builder and extra modules (AMCL's C heads and temperature network) replace or add to the heads;
 - regularisers (SAF, MESA, DSA, ...) add weighted loss terms from the step's outputs;
 - a stepper (plain, SAM, ...) owns zero_grad/backward/clip/step and may call the closure twice,
   which is why every once-per-step side effect lives in `after_optimizer_step`, never in the forward.
@@ -9,10 +12,8 @@ Optimisation is manual (Lightning's manual optimisation), which is what two-pass
 """
 from __future__ import annotations
 
-import copy
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -25,75 +26,19 @@ from sharpshift.losses.dist import average_gradients
 from sharpshift.models import build_backbone
 from sharpshift.nonfinite import NonFiniteLoss, check_finite
 from sharpshift.optim import build_optimizer, cosine_momentum, warmup_cosine
-
-
-@dataclass
-class StepContext:
-    """What a step sees: the raw batch, its views, and where training stands."""
-
-    images: torch.Tensor  # uint8 originals (N, C, H, W)
-    labels: torch.Tensor  # int64, -1 where unknown
-    indices: torch.Tensor  # dataset indices of the batch (SAF's buffer needs them)
-    views: list[torch.Tensor]
-    step: int
-    epoch: int
-
-
-@dataclass
-class StepOutput:
-    """One forward pass: the loss to backpropagate, its named parts, and the tensors add-ons reuse."""
-
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    feats: list[torch.Tensor] = field(default_factory=list)  # backbone features per view
-    proj: list[torch.Tensor] = field(default_factory=list)  # projector outputs per view
-    extra: dict = field(default_factory=dict)  # method-specific, e.g. MoCo's keys to enqueue
-
-    def add(self, terms: dict[str, torch.Tensor]) -> None:
-        """Add already-weighted terms to the loss."""
-        for name, value in terms.items():
-            self.terms[name] = value
-            self.loss = self.loss + value
-
-
-Stepper = Callable[["SSLMethod", torch.optim.Optimizer, Callable[[], StepOutput]], StepOutput]
-
-
-def plain_step(module: "SSLMethod", opt, closure: Callable[[], StepOutput]) -> StepOutput:
-    opt.zero_grad(set_to_none=True)
-    out = closure()
-    module.manual_backward(out.loss)
-    if module.cfg.optim.grad_clip > 0:
-        module.clip_gradients(opt, gradient_clip_val=module.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
-    opt.step()
-    return out
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * online, for parameters; buffers are copied."""
-    t_params = [p for p in target.parameters()]
-    o_params = [p.detach() for p in online.parameters()]
-    torch._foreach_lerp_(t_params, o_params, 1.0 - decay)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
+import sharpshift.addons  # noqa: F401  (every add-on registers with sharpshift.plugins, once)
+from sharpshift import plugins
+from sharpshift.steps import StepContext, StepOutput, Stepper, plain_step
 
 
 class SSLMethod(L.LightningModule):
     name: ClassVar[str] = ""
-    recipe: ClassVar[str] = "symmetric"  # the default view recipe
-    defaults: ClassVar[dict] = {}  # values for MethodConfig fields left empty
+    recipe: ClassVar[str] = "symmetric"  # the default view recipe (its MethodConfig defaults: config.METHOD_DEFAULTS)
 
     def __init__(self, cfg: Config, in_channels: int, image_size: int, num_classes: int,
                  mean: list[float], std: list[float], total_steps: int, steps_per_epoch: int, seed_offset: int = 0):
         super().__init__()
+        plugins.check_compatible(cfg)  # before anything is built: one line naming the fix
         self.cfg = cfg
         self.mcfg: MethodConfig = cfg.method
         self.automatic_optimization = False
@@ -103,19 +48,19 @@ class SSLMethod(L.LightningModule):
         self.feat_dim: int = self.backbone.feat_dim
         self.views = ViewGenerator(view_params(cfg.views, self.recipe, image_size), mean, std, image_size,
                                    seed=cfg.seed * 1000 + seed_offset)
-        from sharpshift.methods.hooks import wrap_views
-
-        self.views = wrap_views(cfg, self, self.views)  # add-ons may extend the views (Fourier, RSA)
+        self.views = plugins.wrap_views(cfg, self, self.views)  # add-ons may extend the views (Fourier, RSA)
         self.probe = nn.Linear(self.feat_dim, num_classes) if cfg.eval.online_probe and num_classes else None
         if self.probe is not None:  # its loss never goes through DDP's forward: DDP must not wait for its grads
             self._ddp_params_and_buffers_to_ignore = [f"probe.{n}" for n, _ in self.probe.named_parameters()]
         self.build_heads()
+        for attribute, module in plugins.modules(cfg).items():  # right after the heads: the same init order
+            setattr(self, attribute, module)
+        self.build_state()
+        self._objective = plugins.objective(cfg, self.name)  # an add-on's loss for this method, or None
         if cfg.model.channels_last:
             self.to(memory_format=torch.channels_last)
-        from sharpshift.methods.hooks import build_regularisers, build_stepper
-
-        self.regularisers = nn.ModuleList(build_regularisers(cfg, self))
-        self.stepper: Stepper = build_stepper(cfg, self)
+        self.regularisers = nn.ModuleList(plugins.regularisers(cfg, self))
+        self.stepper: Stepper = plugins.stepper(cfg, self, plain_step)
         self.monitor: tuple[torch.Tensor, ...] | None = None  # (train_x, train_y, test_x, test_y) for kNN
         self._probe_hits = torch.zeros(2)
         self.skipped_steps = 0  # non-finite losses skipped (trainer.on_nonfinite=skip)
@@ -132,8 +77,20 @@ class SSLMethod(L.LightningModule):
     def build_heads(self) -> None:
         raise NotImplementedError
 
+    def build_state(self) -> None:
+        """Buffers that are not parameters (MoCo's queue), built after the heads and the add-ons' modules."""
+
     def compute_loss(self, ctx: StepContext) -> StepOutput:
         raise NotImplementedError
+
+    # --- what the loop calls -------------------------------------------------------------------
+    def head(self, make_head) -> nn.Module:
+        """One head: make_head(), or what an enabled add-on builds from it (AMCL: C independent heads)."""
+        return plugins.head(self.cfg, make_head)
+
+    def objective(self, ctx: StepContext) -> StepOutput:
+        """The loss of a step: the method's own, or the enabled add-on's objective for this method."""
+        return self._objective(self, ctx) if self._objective is not None else self.compute_loss(ctx)
 
     def after_optimizer_step(self, ctx: StepContext, out: StepOutput) -> None:
         """Once per optimizer step, after it: EMA targets, queues."""
@@ -179,7 +136,7 @@ class SSLMethod(L.LightningModule):
         opts = opts if isinstance(opts, list) else [opts]
 
         def closure() -> StepOutput:
-            out = self.compute_loss(ctx)
+            out = self.objective(ctx)
             for reg in self.regularisers:
                 out.add(reg(self, ctx, out))
             check_finite(out, self.global_step)  # before backward: a NaN never reaches the weights

@@ -4,20 +4,19 @@ from __future__ import annotations
 import torch
 
 from sharpshift.losses import byol_loss
-from sharpshift.methods.base import SSLMethod, StepContext, StepOutput, ema_update, frozen_copy
+from sharpshift.methods.base import SSLMethod
+from sharpshift.steps import StepContext, StepOutput, ema_update, frozen_copy
 from sharpshift.models.heads import mlp
 
 
 class BYOL(SSLMethod):
     name = "byol"
     recipe = "asymmetric"
-    defaults = dict(proj_hidden_dim=1024, proj_output_dim=128, pred_hidden_dim=1024, momentum_base=0.99,
-                    momentum_final=1.0)
 
     def build_heads(self) -> None:
         m = self.mcfg
-        self.projector = mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=2)
-        self.predictor = mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim, layers=2)
+        self.projector = self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=2))
+        self.predictor = self.head(lambda: mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim, layers=2))
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
 
@@ -25,10 +24,6 @@ class BYOL(SSLMethod):
         return [self.target_backbone, self.target_projector]
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
-        if self.cfg.rsa.enabled:  # weak/aggressive views, decaying weight (sharpshift.shift.rsa)
-            from sharpshift.shift.rsa import rsa_loss
-
-            return rsa_loss(self, ctx)
         v1, v2 = ctx.views[0], ctx.views[1]
         feats, z = self.encode([v1, v2], self.backbone, self.projector)
         p = list(self.predictor(torch.cat(z)).chunk(2))

@@ -7,28 +7,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sharpshift.amcl.heads import projection_heads, temperature_net
-from sharpshift.amcl.steps import amcl_loss
 from sharpshift.losses import infonce_queue
 from sharpshift.losses.dist import gather_no_grad
-from sharpshift.methods.base import SSLMethod, StepContext, StepOutput, ema_update, frozen_copy
-from sharpshift.models.heads import mlp
+from sharpshift.methods.base import SSLMethod
+from sharpshift.models.heads import MultiHead, mlp
+from sharpshift.steps import StepContext, StepOutput, ema_update, frozen_copy
 
 
 class MoCo(SSLMethod):
     name = "moco"
     recipe = "symmetric"
-    defaults = dict(proj_hidden_dim=512, proj_output_dim=128, temperature=0.2, momentum_base=0.99,
-                    momentum_final=1.0, queue_size=4096)
 
     def build_heads(self) -> None:
         m = self.mcfg
-        self.projector = projection_heads(self.cfg, lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim,
-                                                                layers=2))
-        self.amcl_phi = temperature_net(self.cfg)  # AMCL's shared temperature network; None when amcl is off
+        self.projector = self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=2))
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
-        heads = (self.cfg.amcl.heads,) if self.cfg.amcl.enabled else ()  # AMCL: (K, C, d), one queue per head
+
+    def build_state(self) -> None:
+        m = self.mcfg  # C heads (MultiHead): a queue (K, C, d), one per head
+        heads = (len(self.projector.heads),) if isinstance(self.projector, MultiHead) else ()
         queue = F.normalize(torch.randn(m.queue_size, *heads, m.proj_output_dim), dim=-1)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -37,12 +35,6 @@ class MoCo(SSLMethod):
         return [self.target_backbone, self.target_projector]
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
-        if self.cfg.rsa.enabled:  # weak/aggressive views, decaying weight (sharpshift.shift.rsa)
-            from sharpshift.shift.rsa import rsa_loss
-
-            return rsa_loss(self, ctx)
-        if self.amcl_phi is not None:  # C heads, adaptive temperatures (sharpshift.amcl)
-            return amcl_loss(self, ctx)
         v1, v2 = ctx.views[0], ctx.views[1]
         feats, q = self.encode([v1, v2], self.backbone, self.projector)
         with torch.no_grad():

@@ -1,6 +1,7 @@
-"""Projector and predictor MLPs: Linear-BN-ReLU blocks, a plain Linear last (optionally BN'd)."""
+"""Projector and predictor MLPs: Linear-BN-ReLU blocks, a plain Linear last (optionally BN'd); several heads."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -15,3 +16,17 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bo
     if last_bn:
         mods.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*mods)
+
+
+class MultiHead(nn.Module):
+    """C heads of the same architecture with independent weights. Input (n, d): every head reads it;
+    input (n, C, d): head c reads [:, c] (a per-head predictor after per-head projectors). Output (n, C, d')."""
+
+    def __init__(self, heads: list[nn.Module]):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2:
+            return torch.stack([head(x) for head in self.heads], dim=1)
+        return torch.stack([head(x[:, c]) for c, head in enumerate(self.heads)], dim=1)

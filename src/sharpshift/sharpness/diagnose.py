@@ -21,14 +21,12 @@ def load_module(run_dir: Path, data_dir: str | None = None):
     from sharpshift.checkpoint import check_state_matches, find_resume_checkpoint
     from sharpshift.data.registry import load_dataset
     from sharpshift.evaluation.run import run_config
-    from sharpshift.methods import resolve_method_defaults
     from sharpshift.train import build_module
 
     cfg = run_config(run_dir)
     if data_dir:
         cfg.data.data_dir = data_dir
     ckpt_path, ckpt = find_resume_checkpoint(run_dir)  # the newest complete one; the heads are needed too
-    resolve_method_defaults(cfg)
     cfg.eval.knn_every_n_epochs = 0
     train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.subset, seed=cfg.seed)
     module = build_module(cfg, train)
@@ -39,7 +37,7 @@ def load_module(run_dir: Path, data_dir: str | None = None):
 
 def fixed_objective(module, train, batches: int, batch_size: int, seed: int):
     """An Objective over the backbone's parameters: mean base loss on fixed batches and fixed views."""
-    from sharpshift.methods.base import StepContext
+    from sharpshift.steps import StepContext
     from sharpshift.sharpness.measures import Objective
 
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
@@ -52,7 +50,7 @@ def fixed_objective(module, train, batches: int, batch_size: int, seed: int):
         labels = train.labels[idx] if train.labels is not None else torch.full((len(idx),), -1)
         images = train.images[idx]
         ctx = StepContext(images, labels, idx, module.views(images), step=0, epoch=0)
-        closures.append(lambda ctx=ctx: module.compute_loss(ctx).loss)
+        closures.append(lambda ctx=ctx: module.objective(ctx).loss)
     params = [p for p in module.backbone.parameters() if p.requires_grad]
     return Objective(closures, params)
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from sharpshift.methods.hooks import STEPPERS
+from sharpshift.plugins import STEPPERS
 from sharpshift.sharpness.config import SAMConfig
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from sharpshift.losses.dist import gather_no_grad
 from sharpshift.losses.precision import fp32
-from sharpshift.methods.hooks import REGULARISERS
+from sharpshift.plugins import REGULARISERS
 from sharpshift.sharpness.config import MESAConfig, SAFConfig, auto_start_epoch
 
 NEVER = -(2**30)  # "epoch written" of an empty slot

@@ -20,13 +20,13 @@ def views_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the result as JSON here."),
 ) -> None:
     """Semantic-shift rate and view distances of every augmentation recipe, with and without Fourier."""
-    from sharpshift.cli import _split_args
+    from sharpshift.cli_args import split_args
     from sharpshift.config import load_config
     from sharpshift.errors import UserError
 
     if epochs < 1 or repeats < 1 or not 0 <= fourier_p <= 1:
         raise UserError("--epochs and --repeats must be >= 1 and --fourier-p in [0, 1]")
-    config, overrides = _split_args(args)
+    config, overrides = split_args(args)
     cfg = load_config(config, overrides)
     from sharpshift.shift.diagnostics import diagnose_views, render_table
 

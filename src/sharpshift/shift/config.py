@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from sharpshift.errors import UserError
 
 FOURIER_VARIANTS = ("mix", "swap", "scale")
-RSA_METHODS = ("byol", "simclr", "moco")
 
 
 @dataclass

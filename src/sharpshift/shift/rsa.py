@@ -17,15 +17,12 @@ Views are ordered [a1, a2, w1, w2]; `feats` and `proj` of the step output hold t
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 
+from sharpshift import plugins
 from sharpshift.data.views import ViewParams, color_jitter, gaussian_blur, random_grayscale, resized_crop_flip, solarize
 from sharpshift.losses import byol_loss, infonce_queue, nt_xent
-
-if TYPE_CHECKING:
-    from sharpshift.methods.base import SSLMethod, StepContext, StepOutput
+from sharpshift.steps import StepContext, StepOutput
 
 
 # --- views ------------------------------------------------------------------------------------------
@@ -86,21 +83,19 @@ def moco_rsa_terms(q: list[torch.Tensor], k_weak: list[torch.Tensor], queue: tor
     return aggr_weak, aggr_aggr
 
 
-# --- one step per method (called from the methods' compute_loss when rsa.enabled) -------------------------
-def current_beta(m: "SSLMethod", ctx: "StepContext") -> float:
+# --- one step per method (registered with sharpshift.plugins as the (rsa, method) objectives) -------------
+def current_beta(m, ctx: StepContext) -> float:
     return beta_k(ctx.step, m.total_steps, m.cfg.rsa.beta_base, m.cfg.rsa.schedule)
 
 
-def _output(m, ctx, aggr_weak, aggr_aggr, feats, proj, **extra) -> "StepOutput":
-    from sharpshift.methods.base import StepOutput
-
+def _output(m, ctx, aggr_weak, aggr_aggr, feats, proj, **extra) -> StepOutput:
     beta = current_beta(m, ctx)
     loss = mix(aggr_weak, aggr_aggr, beta)
     terms = {"rsa_aggr_weak": aggr_weak.detach(), "rsa_aggr_aggr": aggr_aggr.detach()}
     return StepOutput(loss, terms, feats, proj, extra=dict(extra, rsa_beta=beta))
 
 
-def byol_step(m, ctx: "StepContext") -> "StepOutput":
+def byol_step(m, ctx: StepContext) -> StepOutput:
     a1, a2, w1, w2 = ctx.views
     feats, z = m.encode([a1, a2], m.backbone, m.projector)
     p = list(m.predictor(torch.cat(z)).chunk(2))
@@ -109,7 +104,7 @@ def byol_step(m, ctx: "StepContext") -> "StepOutput":
     return _output(m, ctx, *byol_rsa_terms(p, zt), feats, z, pred=p, target=zt)
 
 
-def simclr_step(m, ctx: "StepContext") -> "StepOutput":
+def simclr_step(m, ctx: StepContext) -> StepOutput:
     a1, a2, w1, w2 = ctx.views
     feats, z = m.encode([a1, a2], m.backbone, m.projector)
     with torch.no_grad():  # no target network: the weak views are stop-gradient keys of the same network
@@ -117,7 +112,7 @@ def simclr_step(m, ctx: "StepContext") -> "StepOutput":
     return _output(m, ctx, *simclr_rsa_terms(z, zw, m.mcfg.temperature), feats, z)
 
 
-def moco_step(m, ctx: "StepContext") -> "StepOutput":
+def moco_step(m, ctx: StepContext) -> StepOutput:
     a1, a2, w1, w2 = ctx.views
     feats, q = m.encode([a1, a2], m.backbone, m.projector)
     with torch.no_grad():
@@ -126,8 +121,7 @@ def moco_step(m, ctx: "StepContext") -> "StepOutput":
 
 
 STEPS = {"byol": byol_step, "simclr": simclr_step, "moco": moco_step}
-
-
-def rsa_loss(m, ctx: "StepContext") -> "StepOutput":
-    """The RSA version of m.compute_loss(ctx), for the methods in STEPS."""
-    return STEPS[m.name](m, ctx)
+plugins.OBJECTIVES.update({("rsa", name): step for name, step in STEPS.items()})
+plugins.REFUSALS["rsa"] = "set rsa.enabled=false or change method.name"
+plugins.EXCLUSIVE.append(("rsa", "amcl", "rsa and amcl cannot be combined yet (RSA's losses use a single head); "
+                                        "set rsa.enabled=false or amcl.enabled=false"))

@@ -1,6 +1,6 @@
 """The view generator of the shift-aware options: RSA's weak/aggressive pairs and Fourier views.
 
-Registered with sharpshift.methods.hooks.VIEW_WRAPPERS, so every method gets it without being edited: when
+Registered with sharpshift.plugins.VIEW_WRAPPERS, so every method gets it without being edited: when
 `rsa` or `fourier` is enabled, the method's ViewGenerator is replaced by a ShiftViews with the same recipe,
 normalisation and seed.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 
 from sharpshift.data.views import ViewGenerator
+from sharpshift import plugins
 from sharpshift.errors import UserError
-from sharpshift.methods.hooks import VIEW_WRAPPERS
-from sharpshift.shift.config import RSA_METHODS, FourierConfig
+from sharpshift.shift.config import FourierConfig
 from sharpshift.shift.fourier import fourier_augment
 from sharpshift.shift.rsa import multi_stage_views
 
@@ -48,16 +48,9 @@ def shift_views(cfg, method, views: ViewGenerator) -> ViewGenerator | None:
     fourier = cfg.fourier if cfg.fourier.enabled else None
     if not (cfg.rsa.enabled or fourier):
         return None
-    if cfg.rsa.enabled:
-        if method.name not in RSA_METHODS:
-            raise UserError(f"rsa supports {', '.join(RSA_METHODS)}, not {method.name!r}; set rsa.enabled=false "
-                            "or change method.name")
-        if getattr(getattr(cfg, "amcl", None), "enabled", False):
-            raise UserError("rsa and amcl cannot be combined yet (RSA's losses use a single head); "
-                            "set rsa.enabled=false or amcl.enabled=false")
-        if len(views.params) != 2:
-            raise UserError(f"rsa makes two weak and two aggressive views; set views.num_views=2 "
-                            f"(got {len(views.params)})")
+    if cfg.rsa.enabled and len(views.params) != 2:
+        raise UserError(f"rsa makes two weak and two aggressive views; set views.num_views=2 "
+                        f"(got {len(views.params)})")
     out = ShiftViews(views, fourier, rsa=cfg.rsa.enabled)
     if fourier and max(fourier.views, default=-1) >= out.num_views:
         raise UserError(f"fourier.views={list(fourier.views)} names a view that does not exist; this run makes "
@@ -65,4 +58,4 @@ def shift_views(cfg, method, views: ViewGenerator) -> ViewGenerator | None:
     return out
 
 
-VIEW_WRAPPERS.append(shift_views)
+plugins.VIEW_WRAPPERS.append(shift_views)

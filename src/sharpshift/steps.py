@@ -1,0 +1,72 @@
+"""The types a training step passes around, and the helpers methods and add-ons share.
+
+A leaf: it imports nothing of sharpshift, so methods, add-ons and the loop can all import it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    """What a step sees: the raw batch, its views, and where training stands."""
+
+    images: torch.Tensor  # uint8 originals (N, C, H, W)
+    labels: torch.Tensor  # int64, -1 where unknown
+    indices: torch.Tensor  # dataset indices of the batch (SAF's buffer needs them)
+    views: list[torch.Tensor]
+    step: int
+    epoch: int
+
+
+@dataclass
+class StepOutput:
+    """One forward pass: the loss to backpropagate, its named parts, and the tensors add-ons reuse."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    feats: list[torch.Tensor] = field(default_factory=list)  # backbone features per view
+    proj: list[torch.Tensor] = field(default_factory=list)  # projector outputs per view
+    extra: dict = field(default_factory=dict)  # method-specific, e.g. MoCo's keys to enqueue
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add already-weighted terms to the loss."""
+        for name, value in terms.items():
+            self.terms[name] = value
+            self.loss = self.loss + value
+
+
+# (method, optimizer, closure) -> the closure's output; owns zero_grad, backward, clipping and the step
+Stepper = Callable[[Any, torch.optim.Optimizer, Callable[[], StepOutput]], StepOutput]
+
+
+def plain_step(module, opt, closure: Callable[[], StepOutput]) -> StepOutput:
+    opt.zero_grad(set_to_none=True)
+    out = closure()
+    module.manual_backward(out.loss)
+    if module.cfg.optim.grad_clip > 0:
+        module.clip_gradients(opt, gradient_clip_val=module.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+    opt.step()
+    return out
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * online, for parameters; buffers are copied."""
+    t_params = [p for p in target.parameters()]
+    o_params = [p.detach() for p in online.parameters()]
+    torch._foreach_lerp_(t_params, o_params, 1.0 - decay)
+    for tb, ob in zip(target.buffers(), online.buffers()):
+        tb.copy_(ob)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
