@@ -22,7 +22,7 @@ from sharpshift.data.registry import load_dataset
 from sharpshift.data.views import ViewGenerator, view_params
 from sharpshift.steps import StepContext
 from sharpshift.shift.config import FourierConfig
-from sharpshift.shift.diagnostics import RECIPES
+from sharpshift.diagnostics.semantic_shift import RECIPES
 from sharpshift.shift.views import ShiftViews
 from sharpshift.train import build_module
 

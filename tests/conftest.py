@@ -34,6 +34,17 @@ def fashion_available():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: for tiny tensors on a shared 2-core machine, thread hand-offs cost more than the work."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_run_dir(monkeypatch):
     # every pretrain in a test picks its own run folder

@@ -19,13 +19,7 @@ from tests.conftest import tiny_config
 TMIN, TMAX = 0.05, 2.0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: extra threads only spin against the other processes on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_phi(dim, seed=0, scale=1.0):
@@ -352,7 +346,7 @@ def test_shipped_configs_turn_amcl_on(name):
 
 
 def test_similarity_histograms_per_head(tmp_path):
-    from sharpshift.amcl.similarity import auc, head_similarities, plot_histograms
+    from sharpshift.diagnostics.amcl_similarity import auc, head_similarities, plot_histograms
     from sharpshift.data.registry import load_dataset
     from sharpshift.train import build_module
 

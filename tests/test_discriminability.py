@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sharpshift.evaluation.discriminability import alignment, class_geometry, uniformity
+from sharpshift.diagnostics.discriminability import alignment, class_geometry, uniformity
 from tests.conftest import tiny_config
 
 
@@ -48,7 +48,7 @@ def test_alignment_and_uniformity_against_formulas():
 
 
 def test_supervised_run_folder_works_with_evaluate_and_diagnose(tmp_path):
-    from sharpshift.evaluation.discriminability import diagnose_run
+    from sharpshift.diagnostics.discriminability import diagnose_run
     from sharpshift.export import load_backbone
     from sharpshift.supervised import train_supervised
 

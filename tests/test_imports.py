@@ -19,12 +19,9 @@ LAYERS = [
     ("training", ["sharpshift.train", "sharpshift.checkpoint", "sharpshift.resume", "sharpshift.supervised_module",
                   "sharpshift.precision_choice"]),
     ("evaluation, diagnostics, report", [
-        "sharpshift.evaluation.run", "sharpshift.evaluation.robustness", "sharpshift.evaluation.discriminability",
-        "sharpshift.amcl.similarity", "sharpshift.shift.diagnostics", "sharpshift.sharpness.measures",
-        "sharpshift.sharpness.diagnose", "sharpshift.report", "sharpshift.supervised"]),
-    ("commands", ["sharpshift.cli", "sharpshift.bench", "sharpshift.amcl.cli",
-                  "sharpshift.shift.cli", "sharpshift.sharpness.command",
-                  "sharpshift.evaluation.discriminability_command"]),
+        "sharpshift.evaluation.run", "sharpshift.evaluation.robustness", "sharpshift.diagnostics", "sharpshift.report",
+        "sharpshift.supervised"]),
+    ("commands", ["sharpshift.cli", "sharpshift.bench", "sharpshift.commands"]),
 ]
 MAX_UPWARD = 8
 

@@ -18,13 +18,7 @@ from tests.conftest import tiny_config
 from tests.test_methods import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two cores shared with other work: one intra-op thread is faster and steadier here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def fit_epochs(cfg, root, n_images=256, ckpt_path=None, **trainer_kw):

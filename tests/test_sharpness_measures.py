@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sharpshift.sharpness.measures import (Objective, filter_normalized_direction, hessian_top_eigenvalue,
+from sharpshift.diagnostics.sharpness_measures import (Objective, filter_normalized_direction, hessian_top_eigenvalue,
                                            hutchinson_trace, landscape_1d, landscape_2d, sam_sharpness)
 
 
@@ -91,7 +91,7 @@ def test_diagnose_sharpness_on_a_tiny_run(tmp_path):
     from typer.testing import CliRunner
 
     from sharpshift.cli import app
-    from sharpshift.sharpness.diagnose import diagnose_sharpness
+    from sharpshift.diagnostics.sharpness import diagnose_sharpness
     from sharpshift.train import pretrain
     from tests.conftest import tiny_config
 

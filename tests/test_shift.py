@@ -14,13 +14,7 @@ from sharpshift.shift.config import FourierConfig
 from sharpshift.shift.views import ShiftViews
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: with two threads on a busy 2-core machine, thread hand-offs cost more than the work
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed=0):

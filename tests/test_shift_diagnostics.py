@@ -5,15 +5,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from sharpshift.errors import UserError
-from sharpshift.shift import diagnostics as D
+from sharpshift.diagnostics import semantic_shift as D
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_reference(seed=0):

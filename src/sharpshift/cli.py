@@ -21,17 +21,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 diagnose_app = typer.Typer(no_args_is_help=True, help="Diagnostics that make the papers' claims measurable.")
 app.add_typer(diagnose_app, name="diagnose")
-from sharpshift.amcl.cli import amcl_command  # noqa: E402
+from sharpshift.commands.diagnose_amcl import amcl_command  # noqa: E402
 
 diagnose_app.command("amcl")(amcl_command)
-from sharpshift.shift.cli import views_command  # noqa: E402
+from sharpshift.commands.diagnose_views import views_command  # noqa: E402
 
 diagnose_app.command("views", context_settings={"allow_interspersed_args": True})(views_command)
-from sharpshift.sharpness.command import sharpness_command  # noqa: E402
+from sharpshift.commands.diagnose_sharpness import sharpness_command  # noqa: E402
 
 diagnose_app.command("sharpness")(sharpness_command)
-from sharpshift.evaluation.discriminability_command import discriminability_command  # noqa: E402
-from sharpshift.supervised import supervised_command  # noqa: E402
+from sharpshift.commands.diagnose_discriminability import discriminability_command  # noqa: E402
+from sharpshift.commands.supervised import supervised_command  # noqa: E402
 
 diagnose_app.command("discriminability")(discriminability_command)
 app.command("supervised", context_settings={"allow_interspersed_args": True})(supervised_command)
@@ -196,7 +196,7 @@ def bench_accuracy(
 def main() -> None:
     reexec_tuned()
     try:
-        app(prog_name="sharpshift")  # not `python -m sharpshift.cli`, which the re-exec would show  # usage errors: typer prints them and exits with 2
+        app(prog_name="sharpshift")  # not `python -m sharpshift.cli` (the re-exec); usage errors exit with 2
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(e.exit_code) from None

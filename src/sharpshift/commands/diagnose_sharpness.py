@@ -1,4 +1,4 @@
-"""The `diagnose sharpness` command; light to import (the work is in sharpness/diagnose.py)."""
+"""The `diagnose sharpness` command; light to import (the work is in diagnostics/sharpness.py)."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,7 @@ def sharpness_command(
         raise UserError(f"--span must be > 0, got {span}")
     import torch
 
-    from sharpshift.sharpness.diagnose import diagnose_sharpness
+    from sharpshift.diagnostics.sharpness import diagnose_sharpness
 
     if num_threads:
         torch.set_num_threads(num_threads)

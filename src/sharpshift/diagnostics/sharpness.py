@@ -38,7 +38,7 @@ def load_module(run_dir: Path, data_dir: str | None = None):
 def fixed_objective(module, train, batches: int, batch_size: int, seed: int):
     """An Objective over the backbone's parameters: mean base loss on fixed batches and fixed views."""
     from sharpshift.steps import StepContext
-    from sharpshift.sharpness.measures import Objective
+    from sharpshift.diagnostics.sharpness_measures import Objective
 
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     batch_size = min(batch_size, len(train))
@@ -59,7 +59,7 @@ def diagnose_sharpness(run_dir: str | Path, data_dir: str | None = None, batches
                        seed: int = 0, power_iters: int = 20, hutchinson: int = 20, points_1d: int = 21,
                        points_2d: int = 11, span: float = 1.0, plots: bool = True, landscapes: bool = True) -> dict:
     from sharpshift.export import atomic_write_text
-    from sharpshift.sharpness.measures import (filter_normalized_direction, hessian_top_eigenvalue,
+    from sharpshift.diagnostics.sharpness_measures import (filter_normalized_direction, hessian_top_eigenvalue,
                                                hutchinson_trace, landscape_1d, landscape_2d, sam_sharpness)
     from sharpshift.sharpness.sam import frozen_bn_stats
 

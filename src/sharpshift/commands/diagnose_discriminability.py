@@ -23,7 +23,7 @@ def discriminability_command(
         raise UserError(f"--tsne-points must be >= 0, got {tsne_points}")
     import torch
 
-    from sharpshift.evaluation.discriminability import diagnose_run
+    from sharpshift.diagnostics.discriminability import diagnose_run
 
     if num_threads:
         torch.set_num_threads(num_threads)

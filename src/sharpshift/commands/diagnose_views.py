@@ -28,7 +28,7 @@ def views_command(
         raise UserError("--epochs and --repeats must be >= 1 and --fourier-p in [0, 1]")
     config, overrides = split_args(args)
     cfg = load_config(config, overrides)
-    from sharpshift.shift.diagnostics import diagnose_views, render_table
+    from sharpshift.diagnostics.semantic_shift import diagnose_views, render_table
 
     result = diagnose_views(cfg, reference, epochs, repeats, fourier_p, data_dir,
                             log=lambda msg: typer.echo(msg, err=True))

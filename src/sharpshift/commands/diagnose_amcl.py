@@ -13,7 +13,7 @@ def amcl_command(
     images: int = typer.Option(512, help="Held-out test images to pair up."),
 ) -> None:
     """Per-head positive/negative similarity histograms of trained runs (AMCL or single-head baselines)."""
-    from sharpshift.amcl.similarity import plot_histograms, run_similarities
+    from sharpshift.diagnostics.amcl_similarity import plot_histograms, run_similarities
 
     folders = [tuple(r.split("=", 1)) if "=" in r else (Path(r).name, r) for r in runs]
     rows = {label: run_similarities(Path(folder), images) for label, folder in folders}
