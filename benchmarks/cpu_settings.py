@@ -25,7 +25,7 @@ HOG = "import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)
 
 
 def step_times(precision: str, steps: int) -> list[float]:
-    from sharpshift.bench.speed import quiet_lightning, run_steps
+    from sharpshift.bench.timing import quiet_lightning, run_steps
     from sharpshift.config import load_config
     from sharpshift.data.registry import load_dataset
 

@@ -4,7 +4,7 @@ Each candidate is the demo (configs/default.yaml) with a few keys changed, pretr
 data.val_fraction=0.1 (the fixed hold-out of sharpshift.data.splits) and scored by the linear probe and kNN
 on that hold-out. Rows go to docs/results/demo_recipe.json as they finish; a recorded candidate is not rerun.
 
-    .venv/bin/python benchmarks/demo_recipe.py [CANDIDATE ...] [--precision 32|bf16-mixed]
+    .venv/bin/python benchmarks/demo_recipe.py [CANDIDATE ...] [--precision 32|bf16-mixed] [--seed N]
 """
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ CANDIDATES = {
 }
 
 
-def run(name: str, precision: str, root: Path) -> dict:
+def run(name: str, precision: str, root: Path, seed: int) -> dict:
     keys = ["data.val_fraction=0.1", f"trainer.precision={precision}", "trainer.progress_bar=false",
-            "report.after_training=false", f"name=recipe-{name}", *CANDIDATES[name]]
+            "report.after_training=false", f"name=recipe-{name}", f"seed={seed}", *CANDIDATES[name]]
     out = subprocess.run([".venv/bin/sharpshift", "pretrain", "default", *keys, "--out-dir", str(root)],
                          capture_output=True, text=True, env=dict(os.environ))
     if out.returncode:
         sys.exit(f"candidate {name} failed:\n{out.stderr[-2000:]}")
     run_dir = Path(out.stdout.strip().splitlines()[-1].split(": ", 1)[1])
     ev, tr = (json.loads((run_dir / f).read_text()) for f in ("eval.json", "train.json"))
-    return {"candidate": name, "keys": CANDIDATES[name], "precision": precision, "run": str(run_dir),
+    return {"candidate": name, "keys": CANDIDATES[name], "precision": precision, "seed": seed, "run": str(run_dir),
             "val_linear_top1": ev["val_linear_top1"], "val_knn_top1": ev["val_knn_top1"],
             "train_seconds": tr["train_seconds"], "steps": tr["steps"]}
 
@@ -45,12 +45,14 @@ def main() -> None:
     parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--root", default="runs/demo-recipe")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rows = json.loads(OUT.read_text()) if OUT.is_file() else []
     for name in args.candidates:
-        if any(r["candidate"] == name and r["precision"] == args.precision for r in rows):
+        if any(r["candidate"] == name and r["precision"] == args.precision and r.get("seed", 0) == args.seed
+               for r in rows):
             continue
-        rows.append(run(name, args.precision, Path(args.root)))
+        rows.append(run(name, args.precision, Path(args.root), args.seed))
         print(json.dumps(rows[-1]), flush=True)
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(rows, indent=2) + "\n")

@@ -56,7 +56,7 @@ print((status_kb("VmHWM:") - before) / 1024)
 
 
 def step_times(method: str, dsa: list[str] | None, batch: int, steps: int, warmup: int, tmp: Path) -> list[float]:
-    from sharpshift.bench.speed import sharpshift_steps
+    from sharpshift.bench.timing import sharpshift_steps
     from sharpshift.config import load_config
     from sharpshift.data.registry import load_dataset
 

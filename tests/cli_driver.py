@@ -46,7 +46,7 @@ def failing_open(after_bytes: int):
 
 
 def child(job: dict) -> int:
-    import sharpshift.checkpoint
+    import sharpshift.checkpoint.files
     import sharpshift.cli
 
     out = os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -56,7 +56,7 @@ def child(job: dict) -> int:
     os.chdir(job["cwd"])
     os.environ.update(job.get("env", {}))
     if "enospc_after_bytes" in job:
-        sharpshift.checkpoint.open = failing_open(job["enospc_after_bytes"])
+        sharpshift.checkpoint.files.open = failing_open(job["enospc_after_bytes"])
     sys.argv = ["sharpshift", *job["args"]]
     try:
         sharpshift.cli.main()

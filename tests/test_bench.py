@@ -111,7 +111,7 @@ def test_diagnostics_table_flattens_and_averages():
 def test_flops_of_known_layers():
     from torch import nn
 
-    from sharpshift.bench.speed import count_flops
+    from sharpshift.bench.flops import count_flops
 
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)  # 8 x 10 x 10 outputs, 3 x 3 x 3 multiply-adds each
     assert count_flops(conv, torch.zeros(2, 3, 10, 10)) == 2 * (2 * 8 * 10 * 10) * (3 * 3 * 3)
@@ -151,7 +151,7 @@ def test_bad_speed_settings_are_user_errors():
 
 
 def test_speed_markdown_table():
-    from sharpshift.bench.speed import render_markdown
+    from sharpshift.bench.speed_markdown import render_markdown
 
     case = {"base": "simclr", "note": "plain step", "step_s": 0.4, "images_per_s": 640.0, "ratio_to": "simclr",
             "ratio": 1.0}

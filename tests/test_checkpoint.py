@@ -160,7 +160,7 @@ def test_disk_full_or_read_only_mid_save_leaves_no_half_file(tmp_path, monkeypat
     run = write_run(tmp_path, steps=(2,))
     folder = run / ck.CKPT_DIR
     before = sorted(p.name for p in folder.iterdir())
-    monkeypatch.setattr(ck, "open", _failing_open(err_no, after_bytes=500), raising=False)
+    monkeypatch.setattr(ck.files, "open", _failing_open(err_no, after_bytes=500), raising=False)
     with pytest.raises(UserError, match=f"cannot write checkpoint .*step-0000004.ckpt: {words}; .*earlier checkpoints "
                                         "are kept") as e:
         ck.save_checkpoint(fake_ckpt(4), folder / ck.step_name(4))

@@ -125,3 +125,9 @@ def test_pretrain_reports_the_precision_choice_first_and_the_speed_in_train_json
     assert speed["steps"] == summary["steps"] == 4 and speed["images_per_step"] == 32 and speed["views_per_image"] == 2
     assert speed["whole_run_views_per_second"] == pytest.approx(2 * speed["whole_run_images_per_second"], rel=1e-3)
     assert speed["warmup_steps"] == 2 and speed["steady_images_per_second"] > 0 and "slowest_stretch" in speed
+
+
+def test_two_pretrain_calls_in_one_process_make_two_run_folders(tmp_path):
+    first = pretrain(tiny_config("simclr", "trainer.precision=32", f"out_dir={tmp_path}", "trainer.max_steps=1"))
+    second = pretrain(tiny_config("moco", "trainer.precision=32", f"out_dir={tmp_path}", "trainer.max_steps=1"))
+    assert first != second and "moco" in second.name and "simclr" in first.name

@@ -159,7 +159,8 @@ def bench_speed(
 ) -> None:
     """Step time of every base method and add-on, against a bare PyTorch loop and the machine's peak."""
     from sharpshift.bench.grid import replace_section
-    from sharpshift.bench.speed import check_settings, parse_cases, render_markdown, run_speed, write_json
+    from sharpshift.bench.speed import check_settings, parse_cases, run_speed, write_json
+    from sharpshift.bench.speed_markdown import render_markdown
 
     check_settings(steps, rounds, batch_size)
     names = parse_cases(cases)

@@ -141,6 +141,17 @@ def set_up_cpu(cfg: Config) -> dict:
 
 def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike | None = None) -> Path:
     """Train and export; with `resume` (a run folder), continue it from its newest complete checkpoint."""
+    previous = os.environ.get(RUN_DIR_ENV)
+    try:
+        return _pretrain(cfg, data_dir, resume)
+    finally:  # the folder is this run's: a later pretrain() in the same process makes its own
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
+
+
+def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | None) -> Path:
     ckpt_path, ckpt = find_resume_checkpoint(resume, describe(cfg)) if resume else (None, None)
     machine = set_up_cpu(cfg)
     train, test, world = prepare(cfg, data_dir)

@@ -15,32 +15,26 @@ to every case and pull the ratios towards 1). Absolute times are for this machin
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch import nn
 
 from sharpshift.config import Config, load_config
-from sharpshift.data.loader import PretrainData
 from sharpshift.errors import UserError
-from sharpshift.losses import nt_xent
 from sharpshift.methods import METHODS
-from sharpshift.train import build_module, build_trainer, resolve_precision
+from sharpshift.precision_choice import cpu_name
+from sharpshift.bench.flops import compute_dtype, peak_matmul_flops, simclr_step_flops
+from sharpshift.bench.timing import SPLIT_PARTS, SplitTimer, StepTimer, bare_simclr_steps, quiet_lightning, run_steps
+from sharpshift.train import build_module, resolve_precision
 
 WARMUP_STEPS = 2  # = one epoch of the two-batch subset each case trains on
 PEAK_N = 2048  # matmul size for the peak: large enough to run at the BLAS kernel's best rate
-FLOPS_HOW = ("multiply-adds of every Conv2d and Linear layer of backbone + projector, counted by forward hooks "
-             "on one forward of the step's views (2 FLOPs per multiply-add; bias, BatchNorm, activations, loss, "
-             "views and optimizer not counted); forward + backward = 3 x forward")
 
 
 @dataclass(frozen=True)
@@ -102,190 +96,9 @@ def case_config(case: Case, batch_size: int) -> Config:
     return cfg
 
 
-# --- FLOPs and the machine's limit ------------------------------------------------------------------
-def count_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
-    """Forward FLOPs of the Conv2d and Linear layers on these inputs: 2 x multiply-adds, by forward hooks."""
-    macs = 0
-
-    def hook(layer, args, out) -> None:
-        nonlocal macs
-        if isinstance(layer, nn.Conv2d):  # each output element: in_channels/groups x kernel multiply-adds
-            macs += out.numel() * (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
-        else:
-            macs += out.numel() * layer.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return 2 * macs
-
-
-def simclr_step_flops(cfg: Config, train) -> dict:
-    module = build_module(cfg, train).eval()  # eval: counting must not move BatchNorm statistics
-    views = module.views(train.images[: cfg.data.batch_size])
-    forward = count_flops(nn.Sequential(module.backbone, module.projector), torch.cat(views))
-    return {"forward_per_image": forward // cfg.data.batch_size, "step": 3 * forward, "how": FLOPS_HOW}
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision, torch.float32)
-
-
-def peak_matmul_flops(dtype: torch.dtype, n: int = PEAK_N, reps: int = 4) -> float:
-    """FLOP/s of the fastest of a few n x n matmuls (after one warm-up): the machine's practical peak."""
-    g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-# --- the timed loops ---------------------------------------------------------------------------------
-class StepTimer(L.Callback):
-    """Wall time of each training step, from batch start to batch end."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._t0 = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._t0)
-
-
-SPLIT_PARTS = ("views", "forward", "backward", "optimizer", "logging", "other")
-
-
-class SplitTimer(StepTimer):
-    """Times the parts of the real (Lightning) step by wrapping the module's pieces as training starts:
-    views = the view generator; forward = the stepper's closure (method loss + regularisers); backward =
-    manual_backward; optimizer = the stepper minus those two (zero_grad, clipping, step); logging = self.log /
-    log_dict in the step plus Lightning's write to the loggers right after it; other = the rest of the step
-    (LR schedule, Lightning's hooks)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parts: list[dict[str, float]] = []
-        self._now: dict[str, float] = {}
-        self._inside: set[str] = set()
-
-    def timed(self, part: str, fn):
-        def wrapper(*args, **kwargs):
-            if part in self._inside:  # log_dict calls log: count the outer call only
-                return fn(*args, **kwargs)
-            self._inside.add(part)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self._now[part] = self._now.get(part, 0.0) + time.perf_counter() - t0
-                self._inside.discard(part)
-        return wrapper
-
-    def on_train_start(self, trainer, module) -> None:
-        stepper = module.stepper
-        module.stepper = lambda m, opt, closure: self.timed("step", stepper)(m, opt, self.timed("forward", closure))
-        module.views.forward = self.timed("views", module.views.forward)
-        module.manual_backward = self.timed("backward", module.manual_backward)
-        module.log = self.timed("logging", module.log)
-        module.log_dict = self.timed("logging", module.log_dict)
-        connector = trainer._logger_connector  # writes the step's metrics to the loggers after on_train_batch_end
-        write = connector.update_train_step_metrics
-
-        def write_logs() -> None:
-            t0 = time.perf_counter()
-            write()
-            if self.parts:
-                self.parts[-1]["logging"] += time.perf_counter() - t0
-
-        connector.update_train_step_metrics = write_logs
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._now = {}
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        t = {p: self._now.get(p, 0.0) for p in ("views", "forward", "backward", "logging")}
-        t["optimizer"] = self._now.get("step", 0.0) - t["forward"] - t["backward"]
-        t["other"] = self.times[-1] - sum(t.values())
-        self.parts.append(t)
-
-
-def run_steps(cfg: Config, train, steps: int, tmp: Path, timer: StepTimer | None = None) -> StepTimer:
-    """`steps` training steps of sharpshift's own loop, timed; the split timer keeps the loggers on."""
-    timer = timer or StepTimer()
-    module = build_module(cfg, train)
-    quiet = {} if isinstance(timer, SplitTimer) else {"logger": False}
-    trainer = build_trainer(cfg, tmp, max_steps=steps, max_epochs=-1, enable_checkpointing=False,
-                            callbacks=[timer], enable_progress_bar=False, **quiet)
-    trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed))
-    return timer
-
-
-def sharpshift_steps(cfg: Config, train, steps: int, tmp: Path) -> list[float]:
-    return run_steps(cfg, train, steps, tmp).times
-
-
-def bare_simclr_steps(module, images: torch.Tensor, batch_size: int, steps: int, lr: float,
-                      dtype: torch.dtype = torch.float32) -> list[float]:
-    """The yardstick: a plain loop over the same backbone, projector, views and NT-Xent, SGD + momentum."""
-    params = list(module.backbone.parameters()) + list(module.projector.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(0)
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else nullcontext()  # as Lightning's
-    module.train()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        x = images[torch.randint(0, len(images), (batch_size,), generator=g)]
-        v1, v2 = module.views(x)
-        with autocast:
-            feats = module.backbone(torch.cat([v1, v2]))
-            z1, z2 = module.projector(feats).chunk(2)
-            loss = nt_xent(z1, z2, module.mcfg.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 # --- the benchmark -----------------------------------------------------------------------------------
 def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.platform()}"
-
-
-def cpu_name() -> str:
-    try:
-        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-        return line.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
-@contextmanager
-def quiet_lightning():
-    """Lightning's per-fit banners (accelerator, tips) off: the benchmark starts dozens of fits."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def run_case(case: Case, cfg: Config, train, steps: int, tmp: Path) -> StepTimer:
@@ -361,64 +174,3 @@ def write_json(result: dict, out: Path) -> None:
 
 
 # --- the markdown ------------------------------------------------------------------------------------
-def render_markdown(r: dict) -> str:
-    m, s, cases = r["machine"], r["settings"], r["cases"]
-    lines = [
-        "## Speed: `sharpshift bench speed`",
-        "",
-        f"Command: `{r['command']}`. Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, "
-        f"torch {m['torch']}, {m['platform']}.",
-        f"Settings: {s['dataset']} {s['image_size']}x{s['image_size']}, {s['backbone']} (width {s['width']}), "
-        f"batch {s['batch_size']} images (two views each), precision {s['precision']}, online probe off. "
-        f"Median of {s['steps_per_round']} steps x {s['rounds']} rounds per case after {s['warmup_steps']} warm-up "
-        f"steps, cases interleaved in each round, one process ({s['wall_s']:.0f} s in all).",
-        "",
-        "### Throughput",
-        "",
-        "Ratio: the case's median step time over its reference's: an add-on's is its base method's plain step "
-        "(measured in the same rounds); a base method's and the bare loop's is SimCLR's.",
-        "",
-        "| case | step (ms) | images/s | step-time ratio | note |",
-        "|---|---|---|---|---|",
-    ]
-    for name, c in cases.items():
-        if name == "split":
-            continue
-        label = name if name in (c["base"], "bare") else f"{c['base']} + {name}"
-        ratio = "1 (reference)" if name == c["ratio_to"] else f"{c['ratio']:.2f}x {c['ratio_to']}"
-        lines.append(f"| {label} | {c['step_s'] * 1000:.1f} | {c['images_per_s']:.0f} | {ratio} | {c['note']} |")
-    if "bare" in cases:
-        lines += ["", f"Framework overhead (sharpshift's SimCLR step against the bare loop): "
-                      f"**{(1 / cases['bare']['ratio'] - 1) * 100:+.1f}%**."]
-    p, f = r["peak"], r["flops"]
-    lines += [
-        "",
-        "### The machine's limit",
-        "",
-        f"Peak: **{p['flops_per_s'] / 1e9:.1f} GFLOP/s** ({p['dtype']}, best of a few {p['matmul_n']}x"
-        f"{p['matmul_n']} matmuls in the same process). Model: {f['forward_per_image'] / 1e6:.1f} MFLOP per image "
-        f"forward (both views), {f['step'] / 1e9:.2f} GFLOP per step. How counted: {f['how']}.",
-        "",
-        "| loop | achieved GFLOP/s | fraction of peak |",
-        "|---|---|---|",
-    ]
-    loops = {"simclr": "sharpshift SimCLR step", "bare": "bare PyTorch SimCLR step"}
-    lines += [f"| {loops[n]} | {a['flops_per_s'] / 1e9:.1f} | {a['of_peak'] * 100:.0f}% |"
-              for n, a in r["achieved"].items()]
-    if "split" in r:
-        total = sum(r["split"].values())
-        lines += [
-            "",
-            "### Where a plain SimCLR step goes",
-            "",
-            "Mean per step of the instrumented Lightning step (the `split` case, logging every step: the worst "
-            "case, the default logs every 20). views: the view generator; forward: method loss; backward: "
-            "manual_backward; optimizer: zero_grad, clipping, step; logging: self.log / log_dict and the write to "
-            "the CSV and TensorBoard loggers; other: the rest (LR schedule, Lightning's hooks).",
-            "",
-            "| part | ms | share |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {part} | {t * 1000:.1f} | {t / total * 100:.1f}% |" for part, t in r["split"].items()]
-        lines.append(f"| total | {total * 1000:.1f} | 100% |")
-    return "\n".join(lines) + "\n"
