@@ -21,7 +21,7 @@ from sharpshift.config import ViewsConfig, load_config
 from sharpshift.data.registry import load_dataset
 from sharpshift.data.views import ViewGenerator, view_params
 from sharpshift.steps import StepContext
-from sharpshift.shift.config import FourierConfig
+from sharpshift.config.shift import FourierConfig
 from sharpshift.diagnostics.semantic_shift import RECIPES
 from sharpshift.shift.views import ShiftViews
 from sharpshift.train import build_module

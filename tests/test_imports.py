@@ -9,9 +9,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # layer and the ones below it.
 LAYERS = [
     ("foundation", ["sharpshift.errors", "sharpshift.steps", "sharpshift.plugins", "sharpshift.config",
-                    "sharpshift.amcl.config", "sharpshift.dsa.config", "sharpshift.shift.config",
-                    "sharpshift.sharpness.config", "sharpshift.evaluation.robustness_config",
-                    "sharpshift.report.config", "sharpshift.process_env", "sharpshift.cli_args"]),
+                    "sharpshift.config.amcl", "sharpshift.config.dsa", "sharpshift.config.shift",
+                    "sharpshift.config.sharpness", "sharpshift.config.robustness",
+                    "sharpshift.config.report", "sharpshift.process_env", "sharpshift.cli_args"]),
     ("blocks", ["sharpshift.losses", "sharpshift.models", "sharpshift.data", "sharpshift.optim", "sharpshift.export",
                 "sharpshift.nonfinite", "sharpshift.throughput", "sharpshift.evaluation", "sharpshift"]),
     ("methods and add-ons", ["sharpshift.methods", "sharpshift.amcl", "sharpshift.dsa", "sharpshift.shift",

@@ -9,7 +9,7 @@ import pytest
 from sharpshift import precision_choice as P
 from sharpshift.data.loader import PretrainData
 from sharpshift.data.registry import load_dataset
-from sharpshift.throughput import speed_summary
+from sharpshift.throughput import slowdown, speed_summary
 from sharpshift.train import build_module, build_trainer, pretrain
 from tests.conftest import tiny_config
 
@@ -131,3 +131,11 @@ def test_two_pretrain_calls_in_one_process_make_two_run_folders(tmp_path):
     first = pretrain(tiny_config("simclr", "trainer.precision=32", f"out_dir={tmp_path}", "trainer.max_steps=1"))
     second = pretrain(tiny_config("moco", "trainer.precision=32", f"out_dir={tmp_path}", "trainer.max_steps=1"))
     assert first != second and "moco" in second.name and "simclr" in first.name
+
+
+def test_a_stretch_of_slow_steps_is_told_apart_from_a_steady_run():
+    steady = [0.1 * i for i in range(61)]
+    assert slowdown(steady) == pytest.approx(1.0)
+    contended = steady + [steady[-1] + 1.2 * i for i in range(1, 21)]  # 12x slower for 20 steps, as measured
+    assert slowdown(contended) == pytest.approx(12.0, rel=1e-6)
+    assert slowdown(steady[:30]) == 1.0  # too short to judge

@@ -14,7 +14,7 @@ from sharpshift.evaluation.corruptions import CORRUPTIONS, corrupt
 from sharpshift.evaluation.features import extract_features
 from sharpshift.evaluation.linear import linear_probe
 from sharpshift.evaluation.robustness import corruption_errors, robustness_run
-from sharpshift.evaluation.robustness_config import CORRUPTION_NAMES
+from sharpshift.config.robustness import CORRUPTION_NAMES
 from sharpshift.export import export_backbone
 from sharpshift.models import backbone_arch, build_backbone
 from sharpshift.config import to_yaml

@@ -11,7 +11,7 @@ from torch import nn
 from sharpshift.errors import UserError
 from sharpshift.methods import METHODS
 from sharpshift.steps import StepOutput
-from sharpshift.sharpness.config import MESAConfig, SAFConfig, SAMConfig
+from sharpshift.config.sharpness import MESAConfig, SAFConfig, SAMConfig
 from sharpshift.sharpness.sam import SAMStepper, frozen_bn_stats, sam_perturbation
 from sharpshift.sharpness.trajectory import SAF, ema_parameters_and_buffers, trajectory_kl
 from tests.conftest import tiny_config

@@ -10,7 +10,7 @@ from sharpshift.data.views import ViewGenerator, ViewParams
 from sharpshift.errors import UserError
 from sharpshift.shift import fourier as Fr
 from sharpshift.shift import rsa as R
-from sharpshift.shift.config import FourierConfig
+from sharpshift.config.shift import FourierConfig
 from sharpshift.shift.views import ShiftViews
 
 

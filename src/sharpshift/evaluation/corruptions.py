@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sharpshift.evaluation.robustness_config import CORRUPTION_NAMES
+from sharpshift.config.robustness import CORRUPTION_NAMES
 
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIZE = 32  # pixel-sized parameters below are given for 32-px images (CIFAR-10-C)

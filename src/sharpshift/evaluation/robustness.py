@@ -27,7 +27,7 @@ from sharpshift.evaluation.adversarial import ProbedBackbone, attack_accuracy
 from sharpshift.evaluation.corruptions import CORRUPTIONS, corrupt
 from sharpshift.evaluation.features import extract_features
 from sharpshift.evaluation.linear import linear_probe
-from sharpshift.evaluation.robustness_config import RobustnessConfig
+from sharpshift.config.robustness import RobustnessConfig
 from sharpshift.evaluation.run import labelled_splits
 from sharpshift.export import atomic_write_text, load_backbone
 

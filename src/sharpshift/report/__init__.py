@@ -1,7 +1,6 @@
 """Per-run reports (report.md + a self-contained report.html) and side-by-side comparisons of runs.
 
-Light on purpose: config.py imports report.config, so the heavy parts (matplotlib, torch) are imported
-only when a report is written."""
+Light on purpose: the heavy parts (matplotlib, torch) are imported only when a report is written."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sharpshift.plugins import STEPPERS
-from sharpshift.sharpness.config import SAMConfig
+from sharpshift.config.sharpness import SAMConfig
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from torch import nn
 from sharpshift.losses.dist import gather_no_grad
 from sharpshift.losses.precision import fp32
 from sharpshift.plugins import REGULARISERS
-from sharpshift.sharpness.config import MESAConfig, SAFConfig, auto_start_epoch
+from sharpshift.config.sharpness import MESAConfig, SAFConfig, auto_start_epoch
 
 NEVER = -(2**30)  # "epoch written" of an empty slot
 

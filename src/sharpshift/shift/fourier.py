@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from sharpshift.shift.config import FourierConfig
+from sharpshift.config.shift import FourierConfig
 
 
 def _spectrum(x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from sharpshift.data.views import ViewGenerator
 from sharpshift import plugins
 from sharpshift.errors import UserError
-from sharpshift.shift.config import FourierConfig
+from sharpshift.config.shift import FourierConfig
 from sharpshift.shift.fourier import fourier_augment
 from sharpshift.shift.rsa import multi_stage_views
 

@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sharpshift.errors import UserError
-from sharpshift.shift.config import FourierConfig, RSAConfig
-from sharpshift.dsa.config import DSAConfig
-from sharpshift.sharpness.config import MESAConfig, SAFConfig, SAMConfig
-from sharpshift.amcl.config import AMCLConfig
-from sharpshift.evaluation.robustness_config import RobustnessConfig
-from sharpshift.report.config import ReportConfig
+from sharpshift.config.shift import FourierConfig, RSAConfig
+from sharpshift.config.dsa import DSAConfig
+from sharpshift.config.sharpness import MESAConfig, SAFConfig, SAMConfig
+from sharpshift.config.amcl import AMCLConfig
+from sharpshift.config.robustness import RobustnessConfig
+from sharpshift.config.report import ReportConfig
 
 # Each base method's values for the MethodConfig fields a config leaves empty, applied inside load_config.
 # A new method adds its row with sharpshift.methods.register_method; the method names are this table's keys.
@@ -32,7 +32,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "barlow": dict(proj_hidden_dim=1024, proj_output_dim=1024, barlow_lambda=0.005, barlow_scale=0.1),
     "simsiam": dict(proj_hidden_dim=512, proj_output_dim=512, pred_hidden_dim=128),
 }
-CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
 
 
 @dataclass
