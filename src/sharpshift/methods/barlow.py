@@ -4,7 +4,6 @@ from __future__ import annotations
 from sharpshift.losses import barlow_twins_loss
 from sharpshift.methods.base import SSLMethod
 from sharpshift.steps import StepContext, StepOutput
-from sharpshift.models.heads import mlp
 
 
 class BarlowTwins(SSLMethod):
@@ -12,8 +11,7 @@ class BarlowTwins(SSLMethod):
     recipe = "asymmetric"
 
     def build_heads(self) -> None:
-        m = self.mcfg
-        self.projector = self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3))
+        self.projector = self.projector_head(layers=3)
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
         feats, z = self.encode(ctx.views[:2], self.backbone, self.projector)

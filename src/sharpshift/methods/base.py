@@ -24,6 +24,7 @@ from sharpshift.config import Config, MethodConfig
 from sharpshift.data.views import ViewGenerator, view_params
 from sharpshift.losses.dist import average_gradients
 from sharpshift.models import build_backbone
+from sharpshift.models.heads import mlp
 from sharpshift.nonfinite import NonFiniteLoss, check_finite
 from sharpshift.optim import build_optimizer, cosine_momentum, warmup_cosine
 import sharpshift.addons  # noqa: F401  (every add-on registers with sharpshift.plugins, once)
@@ -87,6 +88,12 @@ class SSLMethod(L.LightningModule):
     def head(self, make_head) -> nn.Module:
         """One head: make_head(), or what an enabled add-on builds from it (AMCL: C independent heads)."""
         return plugins.head(self.cfg, make_head)
+
+    def projector_head(self, layers: int, last_bn: bool = False) -> nn.Module:
+        """The projector every method has: backbone features -> proj_hidden_dim -> proj_output_dim."""
+        m = self.mcfg
+        return self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=layers,
+                                     last_bn=last_bn))
 
     def objective(self, ctx: StepContext) -> StepOutput:
         """The loss of a step: the method's own, or the enabled add-on's objective for this method."""

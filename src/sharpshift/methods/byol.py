@@ -15,7 +15,7 @@ class BYOL(SSLMethod):
 
     def build_heads(self) -> None:
         m = self.mcfg
-        self.projector = self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=2))
+        self.projector = self.projector_head(layers=2)
         self.predictor = self.head(lambda: mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim, layers=2))
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)

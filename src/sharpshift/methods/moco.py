@@ -10,17 +10,15 @@ import torch.nn.functional as F
 from sharpshift.losses import infonce_queue
 from sharpshift.losses.dist import gather_no_grad
 from sharpshift.methods.base import SSLMethod
-from sharpshift.models.heads import MultiHead, mlp
+from sharpshift.models.heads import MultiHead
 from sharpshift.steps import StepContext, StepOutput, ema_update, frozen_copy
 
 
 class MoCo(SSLMethod):
     name = "moco"
-    recipe = "symmetric"
 
     def build_heads(self) -> None:
-        m = self.mcfg
-        self.projector = self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=2))
+        self.projector = self.projector_head(layers=2)
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
 

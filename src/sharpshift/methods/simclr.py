@@ -6,16 +6,13 @@ import itertools
 from sharpshift.losses import nt_xent
 from sharpshift.methods.base import SSLMethod
 from sharpshift.steps import StepContext, StepOutput
-from sharpshift.models.heads import mlp
 
 
 class SimCLR(SSLMethod):
     name = "simclr"
-    recipe = "symmetric"
 
     def build_heads(self) -> None:
-        self.projector = self.head(lambda: mlp(self.feat_dim, self.mcfg.proj_hidden_dim, self.mcfg.proj_output_dim,
-                                               layers=2))
+        self.projector = self.projector_head(layers=2)
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
         feats, z = self.encode(ctx.views, self.backbone, self.projector)

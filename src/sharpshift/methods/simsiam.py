@@ -11,12 +11,10 @@ from sharpshift.models.heads import mlp
 
 class SimSiam(SSLMethod):
     name = "simsiam"
-    recipe = "symmetric"
 
     def build_heads(self) -> None:
         m = self.mcfg
-        self.projector = self.head(lambda: mlp(self.feat_dim, m.proj_hidden_dim, m.proj_output_dim, layers=3,
-                                               last_bn=True))
+        self.projector = self.projector_head(layers=3, last_bn=True)
         self.predictor = self.head(lambda: mlp(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim, layers=2))
 
     def compute_loss(self, ctx: StepContext) -> StepOutput:
