@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from sharpshift.cli_args import split_args
+from sharpshift.config import METHOD_DEFAULTS
 from sharpshift.errors import UserError
 from sharpshift.process_env import reexec_tuned
 
@@ -173,7 +174,7 @@ def bench_speed(
 
 @bench_app.command("accuracy")
 def bench_accuracy(
-    cells: str = typer.Option("simclr,moco,byol,barlow,simsiam", help="Comma-separated cells (shipped config names)."),
+    cells: str = typer.Option(",".join(METHOD_DEFAULTS), help="Comma-separated cells (shipped config names)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     budget: str = typer.Option("default", help="default (5 epochs, full data) or reduced (10k images, 3 epochs)."),
     root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),

@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from sharpshift.config import load_config
+from sharpshift import plugins
+from sharpshift.config import METHOD_DEFAULTS, load_config
 from sharpshift.errors import UserError
 from sharpshift.train import RUN_DIR_ENV
 
@@ -33,14 +34,14 @@ class Cell:
     needs_prior: bool = False  # DSA with prior=checkpoint: the grid trains one prior run per budget
 
 
-BASE_CELLS = [Cell(m, m) for m in ("simclr", "moco", "byol", "barlow", "simsiam")]
+BASE_CELLS = [Cell(m, m) for m in METHOD_DEFAULTS]  # every base method (its shipped config has its name)
 CELLS = {c.name: c for c in [
     *BASE_CELLS,
     Cell("ssa-clr", "ssa-clr"), Cell("sam-byol", "sam-byol"), Cell("mesa-simclr", "mesa-simclr"),
     # E=1: the trajectory term needs more than E epochs, and the grid's budgets are 3-5 epochs
     Cell("saf-simclr", "saf-simclr", ["saf.epochs_ago=1"]),
     Cell("fourier-simclr", "fourier-simclr"), Cell("rsa-byol", "rsa-byol"), Cell("rsa-simclr", "rsa-simclr"),
-    *[Cell(f"amcl-{m}", f"amcl-{m}") for m in ("simclr", "moco", "barlow", "simsiam")],
+    *[Cell(f"amcl-{m}", f"amcl-{m}") for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
     # DSA with the documented default prior: an earlier SimCLR run (the grid trains it once per budget)
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True),
     Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True),
