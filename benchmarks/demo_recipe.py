@@ -40,14 +40,47 @@ def run(name: str, precision: str, root: Path, seed: int) -> dict:
             "train_seconds": tr["train_seconds"], "steps": tr["steps"]}
 
 
+def summary(rows: list[dict], precision: str) -> str:
+    """Per candidate: mean validation top-1 over its seeds, and the paired difference to the default recipe on
+    the seeds both have, with a 95% t interval (scipy; df = pairs - 1)."""
+    from scipy import stats
+
+    by = {}
+    for r in rows:
+        if r["precision"] == precision:
+            by.setdefault(r["candidate"], {})[r.get("seed", 0)] = r
+    lines = ["| candidate | seeds | val linear (%) | val kNN (%) | paired linear diff vs default (95% CI) |",
+             "|---|---|---|---|---|"]
+    for name, seeds in by.items():
+        lin = [100 * r["val_linear_top1"] for r in seeds.values()]
+        knn = [100 * r["val_knn_top1"] for r in seeds.values()]
+        pairs = [100 * (seeds[s]["val_linear_top1"] - by["default"][s]["val_linear_top1"])
+                 for s in seeds if s in by.get("default", {})]
+        if name == "default" or not pairs:
+            diff = ""
+        elif len(pairs) == 1:
+            diff = f"{pairs[0]:+.2f} (one pair: no interval)"
+        else:
+            mean, sem = sum(pairs) / len(pairs), stats.sem(pairs)
+            half = stats.t.ppf(0.975, len(pairs) - 1) * sem
+            diff = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (per seed {', '.join(f'{d:+.2f}' for d in pairs)})"
+        lines.append(f"| {name} | {','.join(map(str, sorted(seeds)))} | {sum(lin) / len(lin):.2f} | "
+                     f"{sum(knn) / len(knn):.2f} | {diff} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--root", default="runs/demo-recipe")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--summary", action="store_true", help="print the table of recorded rows and stop")
     args = parser.parse_args()
     rows = json.loads(OUT.read_text()) if OUT.is_file() else []
+    if args.summary:
+        print(summary(rows, args.precision))
+        return
     for name in args.candidates:
         if any(r["candidate"] == name and r["precision"] == args.precision and r.get("seed", 0) == args.seed
                for r in rows):

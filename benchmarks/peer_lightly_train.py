@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--precision", default="32", choices=["32", "bf16-mixed"])
     ap.add_argument("--lr", type=float, default=0.3)
+    ap.add_argument("--limit-steps", type=int, default=0, help="stop after this many steps (a smoke test)")
     args = ap.parse_args()
     torch.manual_seed(0)
 
@@ -85,6 +86,10 @@ def main() -> None:
             opt.step()
             sched.step()
             ends.append(time.perf_counter())
+            if len(ends) == args.limit_steps:
+                break
+        if len(ends) == args.limit_steps:
+            break
     seconds = time.perf_counter() - t0
     periods = [b - a for a, b in zip([t0, *ends[:-1]], ends)][10:]
     arch = backbone_arch("convnet", 1, 32, True)
@@ -93,7 +98,7 @@ def main() -> None:
     export_backbone(backbone, arch, args.out)
     images = len(ends) * args.batch_size
     (args.out / "train.json").write_text(json.dumps({
-        "library": "lightly 1.6.0", "train_seconds": round(seconds, 1), "steps": len(ends), "final_loss": float(loss),
+        "library": "lightly 1.6.0", "train_seconds": round(seconds, 1), "steps": len(ends), "final_loss": float(loss.detach()),
         "whole_run_images_per_second": round(images / seconds, 1),
         "steady_images_per_second": round(args.batch_size / statistics.median(periods), 1),
         "precision": args.precision, "workers": args.workers, "torch": torch.__version__,

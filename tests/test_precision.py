@@ -52,6 +52,9 @@ def test_bf16_units_take_bf16_only_when_the_probe_finds_it_faster(monkeypatch, u
     assert len(cache) == 1 and "torch" in next(iter(cache)) and "convnet-32" in next(iter(cache))
     P.choose_precision("auto", backbone="convnet", width=16)  # another model: its own probe
     assert len(calls) == 2
+    monkeypatch.setenv("SHARPSHIFT_CPU_BUSY", "1")  # timed on busy cores: used, not cached
+    P.choose_precision("auto", backbone="convnet", width=8)
+    assert len(calls) == 3 and len(json.loads(P.cache_file().read_text())) == 2
 
 
 def test_the_first_process_choice_reaches_the_processes_ddp_launches(monkeypatch, unforced):

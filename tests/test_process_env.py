@@ -7,18 +7,19 @@ from sharpshift import process_env as E
 
 
 def test_wait_policy_goes_passive_only_when_other_processes_keep_the_cores_busy():
-    assert E.wait_policy({}, 1.8) == ({"OMP_WAIT_POLICY": "PASSIVE"}, E.wait_policy({}, 1.8)[1])
+    assert E.wait_policy({}, 1.8)[0] == {"OMP_WAIT_POLICY": "PASSIVE", E.BUSY_ENV: "1"}
     assert "1.8 cores busy" in E.wait_policy({}, 1.8)[1]
     assert E.wait_policy({}, 0.1)[0] == {} and "idle" in E.wait_policy({}, 0.1)[1]
     assert E.wait_policy({}, None)[0] == {}
     kept, note = E.wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, 2.0)
-    assert kept == {} and "set by the user" in note
+    assert kept == {E.BUSY_ENV: "1"} and "set by the user" in note
 
 
 def test_tuned_environment_for_a_training_command(monkeypatch):
     monkeypatch.setattr(E, "busy_cores", lambda: 2.0)
     env, reexec = E.tuned_environment({}, ["sharpshift", "pretrain", "default"])
     assert reexec and env["GLIBC_TUNABLES"] == E.MALLOC_TUNING and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env[E.BUSY_ENV] == "1"
     assert "PASSIVE" in env[E.THREAD_NOTE_ENV]
     # the re-executed process finds the note and does not loop
     assert E.tuned_environment(env, ["sharpshift", "pretrain"]) == (env, False)

@@ -93,7 +93,8 @@ def probe_step_seconds(backbone: str, width: int, steps: int = PROBE_STEPS) -> d
 
 
 def cached_probe(backbone: str, width: int) -> tuple[dict[str, float], bool]:
-    """(seconds per precision, whether it came from the cache). An unwritable cache only costs a re-probe."""
+    """(seconds per precision, whether it came from the cache). An unwritable cache only costs a re-probe; a probe
+    taken while other processes kept the cores busy ($SHARPSHIFT_CPU_BUSY, set by the CLI) is used, not cached."""
     key = f"{cpu_name()} | {','.join(bf16_units())} | torch {torch.__version__} | {torch.get_num_threads()} threads " \
           f"| {backbone}-{width}"
     path = cache_file()
@@ -104,6 +105,8 @@ def cached_probe(backbone: str, width: int) -> tuple[dict[str, float], bool]:
     if key in cache:
         return cache[key], True
     cache[key] = probe_step_seconds(backbone, width)
+    if os.environ.get("SHARPSHIFT_CPU_BUSY") == "1":
+        return cache[key], False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

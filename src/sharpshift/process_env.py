@@ -16,6 +16,7 @@ import time
 
 MALLOC_TUNING = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 THREAD_NOTE_ENV = "SHARPSHIFT_THREAD_SETTING"  # what was decided, for pretrain's first lines and train.json
+BUSY_ENV = "SHARPSHIFT_CPU_BUSY"  # "1" when other processes kept the cores busy at start (no timing is cached then)
 BUSY_CORES = 0.5  # other processes using at least this many cores at start -> passive OpenMP threads
 SAMPLE_SECONDS = 0.25
 COMPUTING_COMMANDS = ("pretrain", "supervised", "evaluate", "diagnose", "bench")
@@ -45,11 +46,13 @@ def busy_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
 def wait_policy(environ: dict, busy: float | None) -> tuple[dict, str]:
     """(variables to add, a note saying what was decided and why)."""
     if environ.get("OMP_WAIT_POLICY"):
-        return {}, f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} (set by the user)"
+        return ({BUSY_ENV: "1"} if busy is not None and busy >= BUSY_CORES else {},
+                f"OMP_WAIT_POLICY={environ['OMP_WAIT_POLICY']} (set by the user)")
     if busy is None:
         return {}, "OpenMP threads spin (CPU load unknown)"
     if busy >= BUSY_CORES:
-        return {"OMP_WAIT_POLICY": "PASSIVE"}, f"OMP_WAIT_POLICY=PASSIVE: other processes kept {busy:.1f} cores busy at start"
+        return ({"OMP_WAIT_POLICY": "PASSIVE", BUSY_ENV: "1"},
+                f"OMP_WAIT_POLICY=PASSIVE: other processes kept {busy:.1f} cores busy at start")
     return {}, f"OpenMP threads spin: the cores were idle at start ({busy:.1f} busy)"
 
 

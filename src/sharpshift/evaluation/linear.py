@@ -8,7 +8,8 @@ Protocol (the same for every method, so numbers are comparable):
      weight_decay = 1e-4 by default. The objective is strictly convex in W, so the result
      barely depends on the seed or the start.
   4. Full-batch L-BFGS (torch.optim.LBFGS, lr 1, history 20, strong-Wolfe line search),
-     at most `iterations` = 200 steps, stopping early when the gradient or step falls under 1e-7 / 1e-9.
+     at most `iterations` steps (eval.linear_max_iter, 100 in every run's evaluation; 200 when this function
+     is called without it), stopping early when the gradient or step falls under 1e-7 / 1e-9.
   5. Report top-1 accuracy (a fraction in [0, 1]) on train and test.
 On 60k x 256 features with 10 classes this takes a few seconds on a CPU.
 """
