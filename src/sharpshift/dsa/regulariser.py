@@ -93,9 +93,9 @@ class DSARegulariser(nn.Module):
 
 
 def build_dsa(cfg, method) -> DSARegulariser | None:
-    dsa = getattr(cfg, "dsa", None)
-    if dsa is None or not dsa.enabled:
+    if not cfg.dsa.enabled:
         return None
+    dsa = cfg.dsa
     if cfg.data.batch_size <= dsa.neighbours:
         raise UserError(f"dsa.neighbours={dsa.neighbours} needs data.batch_size > {dsa.neighbours}, "
                         f"got {cfg.data.batch_size}; lower dsa.neighbours or raise the batch size")

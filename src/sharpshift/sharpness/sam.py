@@ -100,8 +100,7 @@ class SAMStepper:
 
 
 def build_sam(cfg, method) -> SAMStepper | None:
-    sam = getattr(cfg, "sam", None)
-    return SAMStepper(sam) if sam is not None and sam.enabled else None
+    return SAMStepper(cfg.sam) if cfg.sam.enabled else None
 
 
 STEPPERS.append(build_sam)

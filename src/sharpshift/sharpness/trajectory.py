@@ -19,6 +19,7 @@ from torch import nn
 
 from sharpshift.losses.dist import gather_no_grad
 from sharpshift.losses.precision import fp32
+from sharpshift.models.heads import MultiHead
 from sharpshift.plugins import REGULARISERS
 from sharpshift.config.sharpness import MESAConfig, SAFConfig, auto_start_epoch
 
@@ -163,18 +164,16 @@ class MESA(nn.Module):
 
 
 def build_saf(cfg, method) -> SAF | None:
-    saf = getattr(cfg, "saf", None)
-    if saf is None or not saf.enabled:
+    if not cfg.saf.enabled:
         return None
     dim = method.mcfg.proj_output_dim
-    amcl = getattr(cfg, "amcl", None)
-    heads = (amcl.heads,) if amcl is not None and amcl.enabled else ()  # AMCL's projector gives (N, C, D)
-    return SAF(saf, cfg.trainer.max_epochs, out_shape=(*heads, dim) if dim else ())
+    projector = getattr(method, "projector", None)  # C heads (AMCL): outputs (N, C, D)
+    heads = (len(projector.heads),) if isinstance(projector, MultiHead) else ()
+    return SAF(cfg.saf, cfg.trainer.max_epochs, out_shape=(*heads, dim) if dim else ())
 
 
 def build_mesa(cfg, method) -> MESA | None:
-    mesa = getattr(cfg, "mesa", None)
-    return MESA(mesa, method, cfg.trainer.max_epochs) if mesa is not None and mesa.enabled else None
+    return MESA(cfg.mesa, method, cfg.trainer.max_epochs) if cfg.mesa.enabled else None
 
 
 REGULARISERS.extend([build_saf, build_mesa])
