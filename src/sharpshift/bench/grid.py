@@ -196,7 +196,7 @@ def floors(budget: list[str], seeds: list[int], root: Path) -> list[dict]:
     cache = root / "floors.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    cfg = load_config("default", budget)
+    cfg = load_config("simclr", budget)  # the cells' protocol: the full train split, no validation hold-out
     train, test = labelled_splits(cfg, cfg.data.data_dir)  # the splits every run's evaluation uses
     rows = []
     px_train, px_test = train.images.flatten(1).float() / 255, test.images.flatten(1).float() / 255
