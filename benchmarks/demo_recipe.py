@@ -28,7 +28,8 @@ CANDIDATES = {
 
 
 def run(name: str, precision: str, root: Path, seed: int) -> dict:
-    keys = ["data.val_fraction=0.1", "method.temperature=0.5", f"trainer.precision={precision}", "trainer.progress_bar=false",
+    keys = ["data.val_fraction=0.1", "method.temperature=0.5", f"trainer.precision={precision}",
+            "trainer.progress_bar=false",
             "report.after_training=false", f"name=recipe-{name}", f"seed={seed}", *CANDIDATES[name]]
     out = subprocess.run([".venv/bin/sharpshift", "pretrain", "default", *keys, "--out-dir", str(root)],
                          capture_output=True, text=True, env=dict(os.environ))
@@ -64,7 +65,8 @@ def summary(rows: list[dict], precision: str) -> str:
         else:
             mean, sem = sum(pairs) / len(pairs), stats.sem(pairs)
             half = stats.t.ppf(0.975, len(pairs) - 1) * sem
-            diff = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (per seed {', '.join(f'{d:+.2f}' for d in pairs)})"
+            per_seed = ", ".join(f"{d:+.2f}" for d in pairs)
+            diff = f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}] (per seed {per_seed})"
         lines.append(f"| {name} | {','.join(map(str, sorted(seeds)))} | {sum(lin) / len(lin):.2f} | "
                      f"{sum(knn) / len(knn):.2f} | {diff} |")
     return "\n".join(lines)

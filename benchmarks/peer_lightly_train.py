@@ -98,7 +98,8 @@ def main() -> None:
     export_backbone(backbone, arch, args.out)
     images = len(ends) * args.batch_size
     (args.out / "train.json").write_text(json.dumps({
-        "library": "lightly 1.6.0", "train_seconds": round(seconds, 1), "steps": len(ends), "final_loss": float(loss.detach()),
+        "library": "lightly 1.6.0", "train_seconds": round(seconds, 1), "steps": len(ends),
+        "final_loss": float(loss.detach()),
         "whole_run_images_per_second": round(images / seconds, 1),
         "steady_images_per_second": round(args.batch_size / statistics.median(periods), 1),
         "precision": args.precision, "workers": args.workers, "torch": torch.__version__,
