@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sharpshift.process_env import BUSY_ENV
+
 FORCE_ENV = "SHARPSHIFT_AUTO_PRECISION"  # auto resolves to this without probing (the test suite's switch)
 CHOICE_ENV = "SHARPSHIFT_PRECISION_CHOICE"  # the first process's choice, read by the processes DDP launches
 CACHE_ENV = "SHARPSHIFT_CACHE_DIR"
@@ -105,7 +107,7 @@ def cached_probe(backbone: str, width: int) -> tuple[dict[str, float], bool]:
     if key in cache:
         return cache[key], True
     cache[key] = probe_step_seconds(backbone, width)
-    if os.environ.get("SHARPSHIFT_CPU_BUSY") == "1":
+    if os.environ.get(BUSY_ENV) == "1":
         return cache[key], False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
