@@ -344,7 +344,8 @@ def test_saf_buffer_state_dict_roundtrip_and_float16():
 
 
 def test_saf_term_is_weighted_kl_on_samples_with_a_target():
-    saf = SAF(SAFConfig(enabled=True, weight=0.3, temperature=5.0, epochs_ago=1, start_epoch=0), max_epochs=5)
+    saf = SAF(SAFConfig(enabled=True, form="logits", weight=0.3, temperature=5.0, epochs_ago=1, start_epoch=0),
+              max_epochs=5)
     g = torch.Generator().manual_seed(3)
     past = torch.randn(2, 4, generator=g)
     saf.write(torch.tensor([0, 1]), past, epoch=0)
@@ -405,7 +406,7 @@ def test_mesa_term_uses_the_teacher_in_eval_mode_on_the_same_views():
     from sharpshift.sharpness.trajectory import views_kl
     from sharpshift.train import build_module
 
-    cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", "mesa.weight=0.8")
+    cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", "mesa.weight=0.8", "mesa.form=logits")
     module = build_module(cfg, load_dataset("digits", "train"))
     mesa = module.regularisers[0]
     with torch.no_grad():  # a teacher that differs from the online network

@@ -116,3 +116,32 @@ def test_diagnose_sharpness_on_a_tiny_run(tmp_path):
     assert (run_dir / "sharpness_1d.png").stat().st_size > 0 and (run_dir / "sharpness_2d.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["diagnose", "sharpness", str(tmp_path / "nowhere")])
     assert bad.exit_code != 0
+
+
+def test_reference_views_are_the_same_for_every_run_and_out_keeps_figures_apart(tmp_path):
+    """--views reference measures a Fourier run and a plain run on the same views: with identical weights (seed 0,
+    2 steps differ only in their views), the reference objective differs only by the weights; and --out writes
+    its own JSON and PNGs, leaving sharpness.json alone."""
+    from sharpshift.diagnostics.sharpness import diagnose_sharpness, load_module, reference_views
+    from sharpshift.train import pretrain
+    from tests.conftest import tiny_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = pretrain(tiny_config("simclr", "trainer.max_steps=1", out_dir=str(tmp_path / "a")))
+        fourier = pretrain(tiny_config("simclr", "fourier.enabled=true", "trainer.max_steps=1",
+                                       out_dir=str(tmp_path / "b")))
+        images = load_module(plain)[1].images[:8]
+        views = [reference_views(load_module(run)[0], 8, seed=3)(images) for run in (plain, fourier)]
+        assert all(torch.equal(a, b) for a, b in zip(*views))  # the Fourier run's own generator is not used
+        out = tmp_path / "figures" / "ref.json"
+        result = diagnose_sharpness(fourier, batches=1, batch_size=16, power_iters=1, hutchinson=1, points_1d=3,
+                                    points_2d=3, views="reference", out=out)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text())["settings"]["views"] == "reference" == result["settings"]["views"]
+    assert (out.parent / "ref_1d.png").is_file() and (out.parent / "ref_2d.png").is_file()
+    assert not (fourier / "sharpness.json").exists()
+    with pytest.raises(Exception, match="--views"):
+        diagnose_sharpness(fourier, views="mine")

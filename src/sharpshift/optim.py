@@ -38,12 +38,13 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(modules: list[nn.Module], cfg: OptimConfig) -> list[dict]:
-    """Weights get weight decay; biases and norm-layer parameters (ndim < 2) get none, if configured."""
+def param_groups(modules: list[nn.Module], cfg: OptimConfig, skip: set[int] = frozenset()) -> list[dict]:
+    """Weights get weight decay; biases and norm-layer parameters (ndim < 2) get none, if configured.
+    Parameters whose id is in `skip` belong to another optimizer."""
     decay, no_decay = [], []
     for m in modules:
         for p in m.parameters():
-            if not p.requires_grad:
+            if not p.requires_grad or id(p) in skip:
                 continue
             (no_decay if cfg.exclude_bias_norm and p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
@@ -52,8 +53,8 @@ def param_groups(modules: list[nn.Module], cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(modules: list[nn.Module], cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(modules, cfg)
+def build_optimizer(modules: list[nn.Module], cfg: OptimConfig, skip: set[int] = frozenset()) -> torch.optim.Optimizer:
+    groups = param_groups(modules, cfg, skip)
     if cfg.name == "sgd":
         for g in groups:
             g.pop("lars_exclude", None)

@@ -8,6 +8,8 @@
   that pair. AMCL, RSA. Supporting a new base method in an add-on is one registration in its folder.
 - HEADS: add-on -> (cfg, make_head) -> the module that replaces one head (AMCL's C heads).
 - MODULES: add-on -> (cfg) -> {attribute name: module}, built right after the heads (AMCL's phi).
+- MECHANISMS: add-on -> sharpshift.mechanisms.Mechanism (probe, check): the figures that say whether its
+  mechanism is on, recorded during training, summarised into mechanisms.json with a warning when it is off.
 - An add-on with objectives supports exactly the methods it registered one for (REFUSALS says how to fix a
   run that asks for another); EXCLUSIVE says which add-ons exclude each other. Both are checked in one
   place (check_compatible) before anything is built.
@@ -30,6 +32,7 @@ VIEW_WRAPPERS: list[Callable[[Any, Any, Any], Any]] = []
 OBJECTIVES: dict[tuple[str, str], Callable[[Any, Any], Any]] = {}
 HEADS: dict[str, Callable[[Any, Callable[[], nn.Module]], nn.Module]] = {}
 MODULES: dict[str, Callable[[Any], dict[str, nn.Module]]] = {}
+MECHANISMS: dict[str, Any] = {}  # add-on -> sharpshift.mechanisms.Mechanism
 REFUSALS: dict[str, str] = {}  # add-on -> how to fix a run whose method it has no objective for
 EXCLUSIVE: list[tuple[str, str, str]] = []  # (add-on, add-on, the refusal)
 

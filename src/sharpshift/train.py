@@ -193,6 +193,11 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
     if module.skipped_steps:
         summary["skipped_nonfinite_steps"] = module.skipped_steps
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
+    if module.mechanisms.series:
+        from sharpshift import mechanisms, plugins
+
+        for line in mechanisms.write(run_dir, module.mechanisms.results(plugins.MECHANISMS), atomic_write_text):
+            print(line, flush=True)
     if cfg.eval.after_training and test is not None:
         from sharpshift.evaluation.run import evaluate_run
 

@@ -45,7 +45,10 @@ def _anchor_loss(pos, tau_pos, neg, tau_neg, beta: float, dim: int) -> torch.Ten
 
 
 def _stats(tau_pos: torch.Tensor, tau_neg: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"tau_pos": tau_pos.mean().detach(), "tau_neg": tau_neg.mean().detach()}
+    """Means (logged) and every pair's temperature per head, (C, m), for the mechanism check."""
+    heads = tau_pos.shape[0]
+    return {"tau_pos": tau_pos.mean().detach(), "tau_neg": tau_neg.mean().detach(),
+            "tau_pos_all": tau_pos.detach().reshape(heads, -1), "tau_neg_all": tau_neg.detach().reshape(heads, -1)}
 
 
 def _per_head(z: torch.Tensor) -> torch.Tensor:
@@ -114,7 +117,7 @@ def amcl_simsiam(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     z = F.normalize(torch.cat([z2, z1]).detach(), dim=-1)
     tau = pair_temperature((phi(p) * phi(z)).sum(-1), tau_min, tau_max)  # (2n, C)
     term = -0.5 * (p * z).sum(-1) / tau + beta * omega(tau, dim)
-    return (term[:n] + term[n:]).mean(0).sum(), {"tau_pos": tau.mean().detach()}
+    return (term[:n] + term[n:]).mean(0).sum(), {"tau_pos": tau.mean().detach(), "tau_pos_all": tau.detach().T}
 
 
 def _standardise(z: torch.Tensor) -> torch.Tensor:
@@ -143,4 +146,5 @@ def amcl_barlow_twins(z1: torch.Tensor, z2: torch.Tensor, phi: Phi, *, lambd: fl
     loss = ((1 - diag / tau_pos).pow(2).sum() + lambd * (corr.pow(2) / tau * off).sum()
             + beta * omega(tau_pos, dim).sum() - beta * (omega(tau, dim) * off).sum())
     tau_neg = ((tau * off).sum() / (heads * dim * (dim - 1))).detach()
-    return scale * loss, {"tau_pos": tau_pos.mean().detach(), "tau_neg": tau_neg}
+    return scale * loss, {"tau_pos": tau_pos.mean().detach(), "tau_neg": tau_neg, "tau_pos_all": tau_pos.detach(),
+                          "tau_neg_all": tau.detach()[:, off.bool()]}

@@ -22,6 +22,11 @@ def sharpness_command(
     landscapes: bool = typer.Option(True, "--landscapes/--no-landscapes", help="Compute the 1-D and 2-D landscapes."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the landscape PNGs."),
     num_threads: int = typer.Option(0, help="torch intra-op threads (0 = torch's default)."),
+    views: str = typer.Option("own", help="own: the run's view generator; reference: the plain SimCLR recipe "
+                                          "with --seed, the same for every run."),
+    out: Optional[Path] = typer.Option(None, help="JSON to write (PNGs next to it, named after it); default "
+                                                  "RUN_DIR/sharpness.json, or sharpness_reference.json with "
+                                                  "--views reference."),
 ) -> None:
     """SAM-sharpness (rho 0.01/0.05/0.1), top Hessian eigenvalue, Hessian trace and loss landscapes of the
     extractor; writes RUN_DIR/sharpness.json (and PNGs)."""
@@ -40,7 +45,7 @@ def sharpness_command(
     if num_threads:
         torch.set_num_threads(num_threads)
     r = diagnose_sharpness(run_dir, data_dir, batches, batch_size, seed, power_iters, hutchinson, points_1d,
-                           points_2d, span, plots, landscapes)
+                           points_2d, span, plots, landscapes, views, out)
     summary = {k: r[k] for k in ("loss", "sam_sharpness", "hessian_top_eigenvalue", "hessian_trace",
                                  "hessian_trace_stderr", "seconds")}
     typer.echo(json.dumps(summary))

@@ -12,11 +12,19 @@ from sharpshift.errors import UserError
 
 PRIORS = ("checkpoint", "ema", "random")
 PAIR_NORMS = ("l1", "none")
+FORMS = ("working", "official")
 
 
 @dataclass
 class DSAConfig:
     enabled: bool = False
+    # working (ours, the default): relations in [0, 1] from L2-normalised pair differences, trained toward the prior
+    # by L_reg and used as fixed weights in L_w, so they attract as well as repel; official: the released
+    # construction (L1 over the N^2 pairs, rows summing to one), which converges to M = 1/N (docs/dsa.md)
+    form: str = "working"
+    cross_view: bool = True  # M^01 from h^0_i - h^1_j (ours); false: from h^0_i - h^0_j, as the official code
+    adjuster_lr: float = 3e-3  # the adjuster's own Adam (the official optimiser: Adam 3e-3, weight decay 1e-6)
+    adjuster_weight_decay: float = 1e-6
     weight: float = 1.0  # lambda1, on the weighted aggregation/separation loss L_w
     reg_weight: float = 0.01  # lambda2, on the relation regulariser L_reg
     temperature: float = 0.5  # T in L_w
@@ -27,7 +35,7 @@ class DSAConfig:
     prior_path: Optional[str] = None  # run folder (or backbone.safetensors) for prior=checkpoint
     prior_seed: int = 1234  # prior=random: seed of the frozen random network (ours)
     hidden_dim: int = 64  # adjuster MLP width; the official code uses emb=64 (ours: fixed, not the projector width)
-    pair_norm: str = "l1"  # l1 (official: each feature of the N^2 pair differences divided by its L1 norm) or none
+    pair_norm: str = "l1"  # official form: l1 (each feature of the N^2 pair differences / its L1 norm) or none
     chunk_mb: float = 64.0  # memory of one chunk of the N x N x hidden pair activations (ours)
     cache_originals: bool = True  # frozen priors: reuse the prior features of each un-augmented image (ours)
 
@@ -36,6 +44,9 @@ class DSAConfig:
             if not ok:
                 raise UserError(message)
 
+        need(self.form in FORMS, f"unknown dsa.form {self.form!r}; use working (ours, the default) or official")
+        need(self.adjuster_lr > 0 and self.adjuster_weight_decay >= 0,
+             "dsa.adjuster_lr must be > 0 and dsa.adjuster_weight_decay >= 0")
         need(self.prior in PRIORS, f"unknown dsa.prior {self.prior!r}; use one of {', '.join(PRIORS)}")
         need(self.pair_norm in PAIR_NORMS, f"unknown dsa.pair_norm {self.pair_norm!r}; use l1 or none")
         need(self.weight >= 0 and self.reg_weight >= 0, "dsa.weight and dsa.reg_weight must be >= 0")

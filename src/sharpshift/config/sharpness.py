@@ -11,6 +11,8 @@ from sharpshift.errors import UserError
 
 PERTURB_CHOICES = ("extractor", "all")
 BUFFER_DTYPES = ("float32", "float16")
+TRAJECTORY_FORMS = ("normalised", "logits")
+DEFAULT_TEMPERATURE = {"normalised": 0.1, "logits": 5.0}
 
 
 @dataclass
@@ -39,13 +41,19 @@ class SAMConfig:
             raise UserError(f"unknown sam.perturb {self.perturb!r}; use extractor or all")
 
 
-def _check_trajectory(group: str, weight: float, temperature: float, start_epoch: int) -> None:
+def _check_trajectory(group: str, weight: float, temperature: float | None, start_epoch: int, form: str) -> None:
+    if form not in TRAJECTORY_FORMS:
+        raise UserError(f"unknown {group}.form {form!r}; use normalised (the default) or logits (the paper's form)")
     if weight < 0:
         raise UserError(f"{group}.weight must be >= 0, got {weight}")
-    if temperature <= 0:
+    if temperature is not None and temperature <= 0:
         raise UserError(f"{group}.temperature must be > 0, got {temperature}")
     if start_epoch < -1:
         raise UserError(f"{group}.start_epoch must be -1 (30% of trainer.max_epochs) or >= 0, got {start_epoch}")
+
+
+def resolved_temperature(cfg) -> float:
+    return cfg.temperature if cfg.temperature is not None else DEFAULT_TEMPERATURE[cfg.form]
 
 
 def auto_start_epoch(start_epoch: int, max_epochs: int) -> int:
@@ -59,14 +67,17 @@ class SAFConfig:
     sample's output E epochs ago (a per-sample ring buffer) is the target of a KL term."""
 
     enabled: bool = False
+    # normalised (ours, the default): softmax over the L2-normalised projector output / tau, so shrinking z cannot
+    # lower the term; logits: softmax(z / tau) x tau^2 as the official code, which SSL escapes by shrinking z
+    form: str = "normalised"
     weight: float = 0.3  # lambda (paper: 0.3)
-    temperature: float = 5.0  # tau (paper: 5); the term is scaled by tau^2 as in the official code
+    temperature: Optional[float] = None  # tau; null: 0.1 normalised, 5 logits (paper: 5, with the tau^2 scale)
     epochs_ago: int = 3  # E (paper: 3; the official run.sh uses 2). Needs > E epochs of training to act
     start_epoch: int = -1  # the term is on from this epoch (0-based); -1: 30% of trainer.max_epochs
     buffer_dtype: str = "float32"  # float32 (paper) or float16 (half the memory)
 
     def check(self) -> None:
-        _check_trajectory("saf", self.weight, self.temperature, self.start_epoch)
+        _check_trajectory("saf", self.weight, self.temperature, self.start_epoch, self.form)
         if self.epochs_ago < 1:
             raise UserError(f"saf.epochs_ago must be >= 1, got {self.epochs_ago}")
         if self.buffer_dtype not in BUFFER_DTYPES:
@@ -79,8 +90,11 @@ class MESAConfig:
     in eval mode, gives the target projector outputs on the same views."""
 
     enabled: bool = False
+    # normalised (ours, the default): as SAF's, and the teacher starts at start_epoch as a copy of the student,
+    # normalising with batch statistics like the student; logits: the official form (teacher from step 0, eval mode)
+    form: str = "normalised"
     weight: float = 0.8  # lambda (paper: 0.8)
-    temperature: float = 5.0  # tau (paper: 5), with the tau^2 scale of the official code
+    temperature: Optional[float] = None  # tau; null: 0.1 normalised, 5 logits (paper: 5, with the tau^2 scale)
     decay: Optional[float] = None  # EMA decay; null: derived from horizon and the run's length
     horizon: float = 0.18  # null decay: 1 / (1 - decay) = horizon * total steps (0.9998 over ~28k steps)
     start_epoch: int = -1  # the term is on from this epoch (0-based); -1: 30% of trainer.max_epochs
@@ -91,7 +105,7 @@ class MESAConfig:
         return 1.0 - 1.0 / max(1.0, self.horizon * total_steps)
 
     def check(self) -> None:
-        _check_trajectory("mesa", self.weight, self.temperature, self.start_epoch)
+        _check_trajectory("mesa", self.weight, self.temperature, self.start_epoch, self.form)
         if self.decay is not None and not 0 <= self.decay < 1:
             raise UserError(f"mesa.decay must be in [0, 1) (or null), got {self.decay}")
         if self.horizon <= 0:

@@ -40,9 +40,15 @@ class RSAConfig:
     enabled: bool = False
     beta_base: float = 0.3  # paper: 0.3 CIFAR-10/100, 0.4 STL-10 / Tiny-ImageNet / ImageNet
     schedule: str = "cosine"  # cosine: beta_base * (1 + cos(pi k / K)) / 2 per step (Eq. 6); constant: beta_base
+    # one-channel images only (ours): the aggressive stage's stand-ins for saturation, hue and grayscale
+    gray_gamma: float = 0.6  # gamma curve x^k, log k ~ U(+-log(1 + gray_gamma)), with views.jitter_p
+    gray_solarize_p: float = 0.2  # solarisation probability
 
     def check(self) -> None:
         if not 0 <= self.beta_base <= 1:
             raise UserError(f"rsa.beta_base must be in [0, 1], got {self.beta_base}")
+        if self.gray_gamma < 0 or not 0 <= self.gray_solarize_p <= 1:
+            raise UserError(f"rsa.gray_gamma must be >= 0 and rsa.gray_solarize_p in [0, 1], got {self.gray_gamma} "
+                            f"and {self.gray_solarize_p}")
         if self.schedule not in ("cosine", "constant"):
             raise UserError(f"unknown rsa.schedule {self.schedule!r}; use cosine or constant")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from sharpshift.errors import UserError
+
 RHOS = (0.01, 0.05, 0.1)
 
 
@@ -35,8 +37,26 @@ def load_module(run_dir: Path, data_dir: str | None = None):
     return module, train
 
 
-def fixed_objective(module, train, batches: int, batch_size: int, seed: int):
-    """An Objective over the backbone's parameters: mean base loss on fixed batches and fixed views."""
+VIEW_CHOICES = ("own", "reference")
+
+
+def reference_views(module, image_size: int, seed: int):
+    """The plain SimCLR recipe (ViewsConfig defaults, symmetric), two views, the run's normalisation and `seed`:
+    the same views for every run, so runs with other view generators (Fourier, RSA) are measured alike. For an
+    RSA run the reference views stand for both stages ([v1, v2, v1, v2])."""
+    from sharpshift.config import ViewsConfig
+    from sharpshift.data.views import ViewGenerator, view_params
+
+    base = ViewGenerator(view_params(ViewsConfig(), "symmetric", image_size), module.views.mean.flatten().tolist(),
+                         module.views.std.flatten().tolist(), image_size, seed=seed)
+    if module.cfg.rsa.enabled:
+        return lambda images: (lambda v: v + v)(base(images))
+    return base
+
+
+def fixed_objective(module, train, batches: int, batch_size: int, seed: int, views: str = "own"):
+    """An Objective over the backbone's parameters: mean base loss on fixed batches and fixed views (the run's
+    own generator, or the reference views)."""
     from sharpshift.steps import StepContext
     from sharpshift.diagnostics.sharpness_measures import Objective
 
@@ -44,12 +64,13 @@ def fixed_objective(module, train, batches: int, batch_size: int, seed: int):
     batch_size = min(batch_size, len(train))
     module.train()
     module.views.seed, module.views._gen = seed, None  # fixed views, whatever the run's own seed
+    make_views = module.views if views == "own" else reference_views(module, train.size, seed)
     closures = []
     for b in range(max(1, min(batches, len(train) // batch_size))):
         idx = order[b * batch_size:(b + 1) * batch_size]
         labels = train.labels[idx] if train.labels is not None else torch.full((len(idx),), -1)
         images = train.images[idx]
-        ctx = StepContext(images, labels, idx, module.views(images), step=0, epoch=0)
+        ctx = StepContext(images, labels, idx, make_views(images), step=0, epoch=0)
         closures.append(lambda ctx=ctx: module.objective(ctx).loss)
     params = [p for p in module.backbone.parameters() if p.requires_grad]
     return Objective(closures, params)
@@ -57,17 +78,25 @@ def fixed_objective(module, train, batches: int, batch_size: int, seed: int):
 
 def diagnose_sharpness(run_dir: str | Path, data_dir: str | None = None, batches: int = 2, batch_size: int = 256,
                        seed: int = 0, power_iters: int = 20, hutchinson: int = 20, points_1d: int = 21,
-                       points_2d: int = 11, span: float = 1.0, plots: bool = True, landscapes: bool = True) -> dict:
+                       points_2d: int = 11, span: float = 1.0, plots: bool = True, landscapes: bool = True,
+                       views: str = "own", out: str | Path | None = None) -> dict:
+    """Writes `out` (default RUN_DIR/sharpness.json, or sharpness_reference.json with views="reference") and its
+    PNGs next to it, named after it (<stem>_1d.png, <stem>_2d.png): no two settings overwrite each other."""
     from sharpshift.export import atomic_write_text
     from sharpshift.diagnostics.sharpness_measures import (filter_normalized_direction, hessian_top_eigenvalue,
                                                hutchinson_trace, landscape_1d, landscape_2d, sam_sharpness)
     from sharpshift.sharpness.sam import frozen_bn_stats
 
     run_dir = Path(run_dir)
+    if views not in VIEW_CHOICES:
+        raise UserError(f"unknown --views {views!r}; use own (the run's view generator) or reference")
+    out = Path(out) if out else run_dir / ("sharpness.json" if views == "own" else "sharpness_reference.json")
+    if out.suffix != ".json":
+        raise UserError(f"--out {out} must name a .json file; the PNGs are written next to it")
     t0 = time.time()
     module, train = load_module(run_dir, data_dir)
     with frozen_bn_stats(module):
-        obj = fixed_objective(module, train, batches, batch_size, seed)
+        obj = fixed_objective(module, train, batches, batch_size, seed, views)
         loss = obj.loss()
         sharp = sam_sharpness(obj, list(RHOS))
         eig = hessian_top_eigenvalue(obj, iters=power_iters, seed=seed)
@@ -88,17 +117,18 @@ def diagnose_sharpness(run_dir: str | Path, data_dir: str | None = None, batches
         "landscape_1d": one,
         "landscape_2d": two,
         "settings": {"batches": len(obj.closures), "batch_size": batch_size, "seed": seed, "power_iters": power_iters,
-                     "hutchinson_samples": hutchinson, "span": span, "parameters": "backbone",
+                     "hutchinson_samples": hutchinson, "span": span, "parameters": "backbone", "views": views,
                      "num_parameters": sum(p.numel() for p in obj.params)},
         "seconds": round(time.time() - t0, 1),
     }
-    atomic_write_text(run_dir / "sharpness.json", json.dumps(result, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2))
     if plots and landscapes:
-        plot_landscapes(result, run_dir)
+        plot_landscapes(result, out.parent, out.stem)
     return result
 
 
-def plot_landscapes(result: dict, folder: Path) -> None:
+def plot_landscapes(result: dict, folder: Path, stem: str = "sharpness") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +141,7 @@ def plot_landscapes(result: dict, folder: Path) -> None:
     ax.set_ylabel("SSL loss")
     ax.set_title(f"1-D landscape, loss {result['loss']:.3f}")
     fig.tight_layout()
-    fig.savefig(folder / "sharpness_1d.png", dpi=120)
+    fig.savefig(folder / f"{stem}_1d.png", dpi=120)
     plt.close(fig)
     two = result["landscape_2d"]
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -122,5 +152,5 @@ def plot_landscapes(result: dict, folder: Path) -> None:
     ax.set_ylabel("direction 2")
     ax.set_title("2-D landscape (filter-normalised)")
     fig.tight_layout()
-    fig.savefig(folder / "sharpness_2d.png", dpi=120)
+    fig.savefig(folder / f"{stem}_2d.png", dpi=120)
     plt.close(fig)

@@ -44,13 +44,16 @@ class PairAdjuster(nn.Module):
     """forward(h_a (N, D), h_b (M, D)) -> relation (N, M), non-negative, each row summing to one
     (a row whose scores are all zero stays zero, as with the official F.normalize)."""
 
-    def __init__(self, emb_dim: int, hidden_dim: int = 64, pair_norm: str = "l1", chunk_mb: float = 64.0):
+    def __init__(self, emb_dim: int, hidden_dim: int = 64, pair_norm: str = "l1", chunk_mb: float = 64.0,
+                 alive_output: bool = True):
         super().__init__()
         self.first = nn.Linear(emb_dim, hidden_dim)
         self.second = nn.Linear(hidden_dim, 1)
-        # Ours: the output ReLU starts alive. With PyTorch's default init, about half of the seeds give an
-        # all-negative output on the (nearly constant) L1-normalised inputs: M = 0 and no gradient, forever.
-        nn.init.constant_(self.second.bias, 1.0)
+        # alive_output (ours; dsa.form=official uses PyTorch's default init instead, as the official code): the
+        # output ReLU starts alive. With the default init, about half of the seeds give an all-negative output on
+        # the (nearly constant) L1-normalised inputs: M = 0 and no gradient, forever.
+        if alive_output:
+            nn.init.constant_(self.second.bias, 1.0)
         self.pair_norm = pair_norm
         self.chunk_mb = chunk_mb
 
@@ -105,3 +108,28 @@ class ChunkedPairScores(torch.autograd.Function):
             g_rows[s:s + step] = g_masked.sum(1) * w2
             g_cols -= g_masked.sum(0) * w2
         return g_rows, g_cols, g_w2, grad.sum(), None
+
+
+class WorkingAdjuster(nn.Module):
+    """The working form's relation (dsa.form=working): M_ij = sigmoid(w2 . relu(W1 (h^_i - h^_j) + b1) + b2) with
+    h^ = h / ||h||. Each relation is in [0, 1] on its own (no row normalisation: many entries can exceed 1/2),
+    its input's scale does not depend on N (no L1 over the N^2 pairs), and PyTorch's default initialisation
+    starts every relation near 1/2 (neutral in L_w). The pair scores share the chunked kernel above."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int = 64, chunk_mb: float = 64.0):
+        super().__init__()
+        self.first = nn.Linear(emb_dim, hidden_dim)
+        self.second = nn.Linear(hidden_dim, 1)
+        self.chunk_mb = chunk_mb
+
+    rows_per_chunk = PairAdjuster.rows_per_chunk
+
+    @fp32
+    def forward(self, h_a: torch.Tensor, h_b: torch.Tensor) -> torch.Tensor:
+        a = F.normalize(h_a, dim=1)
+        b = a if h_a is h_b else F.normalize(h_b, dim=1)
+        g_rows = F.linear(a, self.first.weight, self.first.bias)
+        g_cols = F.linear(b, self.first.weight)
+        pre = ChunkedPairScores.apply(g_rows, g_cols, self.second.weight.squeeze(0), self.second.bias.squeeze(0),
+                                      self.rows_per_chunk(len(g_cols)))
+        return torch.sigmoid(pre)

@@ -23,6 +23,7 @@ from torch import nn
 from sharpshift.config import Config, MethodConfig
 from sharpshift.data.views import ViewGenerator, view_params
 from sharpshift.losses.dist import average_gradients
+from sharpshift.mechanisms import MechanismLog
 from sharpshift.models import build_backbone
 from sharpshift.models.heads import mlp
 from sharpshift.nonfinite import NonFiniteLoss, check_finite
@@ -60,6 +61,7 @@ class SSLMethod(L.LightningModule):
         self._objective = plugins.objective(cfg, self.name)  # an add-on's loss for this method, or None
         if cfg.model.channels_last:
             self.to(memory_format=torch.channels_last)
+        self.mechanisms = MechanismLog(cfg.trainer.log_every_n_steps)  # before the regularisers: they read it
         self.regularisers = nn.ModuleList(plugins.regularisers(cfg, self))
         self.stepper: Stepper = plugins.stepper(cfg, self, plain_step)
         self.monitor: tuple[torch.Tensor, ...] | None = None  # (train_x, train_y, test_x, test_y) for kNN
@@ -125,15 +127,22 @@ class SSLMethod(L.LightningModule):
         return cosine_momentum(self.global_step, self.total_steps, self.mcfg.momentum_base, self.mcfg.momentum_final)
 
     # --- the loop --------------------------------------------------------------------------------
+    def own_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimisers that regularisers bring for their own parameters (DSA's adjuster: the official Adam)."""
+        return [reg.build_optimizer() for reg in self.regularisers if hasattr(reg, "build_optimizer")]
+
     def configure_optimizers(self):
-        opt = build_optimizer(self.online_modules(), self.cfg.optim)
+        extra = self.own_optimizers()
+        owned = {id(p) for o in extra for g in o.param_groups for p in g["params"]}
+        opt = build_optimizer(self.online_modules(), self.cfg.optim, skip=owned)
         warmup = int(round(self.cfg.optim.warmup_epochs * self.steps_per_epoch))
         total, min_ratio = self.total_steps, self.cfg.optim.min_lr_ratio
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
         opts = [opt]
         if self.probe is not None:
             opts.append(torch.optim.Adam(self.probe.parameters(), lr=self.cfg.optim.probe_lr))
-        return opts, [{"scheduler": sched, "interval": "step"}]
+        self._first_own_optimizer = len(opts)
+        return opts + extra, [{"scheduler": sched, "interval": "step"}]
 
     def training_step(self, batch, batch_idx):
         images, labels, indices = batch
@@ -141,6 +150,9 @@ class SSLMethod(L.LightningModule):
         self.views_per_image = len(ctx.views)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
+        own = opts[getattr(self, "_first_own_optimizer", len(opts)):]
+        for o in own:  # their gradients come from the same backward (both of SAM's passes, summed)
+            o.zero_grad(set_to_none=True)
 
         def closure() -> StepOutput:
             out = self.objective(ctx)
@@ -159,10 +171,17 @@ class SSLMethod(L.LightningModule):
             warnings.warn(f"skipped step {e.step}: term {e.term!r} is {e.value} ({self.skipped_steps} skipped)",
                           stacklevel=1)
             return None
+        for o in own:
+            o.optimizer.step()  # the raw optimizer: Lightning counts global_step on the main optimizer only
         self.after_optimizer_step(ctx, out)
         for reg in self.regularisers:
             if hasattr(reg, "after_step"):
                 reg.after_step(self, ctx, out)
+        if self.mechanisms.due(ctx.step):
+            for addon in plugins.active(self.cfg, plugins.MECHANISMS):
+                figures = plugins.MECHANISMS[addon].probe(self, ctx, out)
+                if figures:
+                    self.mechanisms.record(addon, ctx.step, figures)
         self.lr_schedulers().step()
         if self.probe is not None:
             self._probe_step(opts[1], out.feats[0].detach(), labels)

@@ -10,7 +10,8 @@ from pathlib import Path
 from sharpshift.errors import UserError
 
 # Files with their own section; every other *.json / *.png in the folder counts as a diagnostic.
-OWN_FILES = {"config.yaml", "eval.json", "train.json", "backbone.json", "robustness.json", "hparams.yaml"}
+OWN_FILES = {"config.yaml", "eval.json", "train.json", "backbone.json", "robustness.json", "hparams.yaml",
+             "mechanisms.json"}
 SKIP_DIRS = {"checkpoints", "tensorboard", "logs", "report_files", "__pycache__"}
 MAX_JSON_BYTES = 5_000_000
 ASSET_DIR = "report_files"
@@ -28,6 +29,7 @@ class RunData:
     eval: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     robustness: dict | None = None
+    mechanisms: dict | None = None  # mechanisms.json: add-on -> {summary, warnings, series}
     metrics: dict[str, Series] = field(default_factory=dict)
     diagnostics: dict[str, dict] = field(default_factory=dict)  # path relative to the run -> parsed JSON
     unreadable: dict[str, str] = field(default_factory=dict)  # path -> why it was not parsed
@@ -102,7 +104,7 @@ def load_run(path: str | Path, label: str | None = None) -> RunData:
             run.config = load_config(str(cfg_file))
         except UserError as e:  # e.g. written by a newer version with other keys: still show the text
             run.config_error = str(e)
-    for name in ("eval", "train", "robustness"):
+    for name in ("eval", "train", "robustness", "mechanisms"):
         file = run_dir / f"{name}.json"
         if file.is_file():
             try:

@@ -266,8 +266,22 @@ def diagnostics_sections(run: RunData) -> list[Section]:
     return sections
 
 
+def mechanisms_section(run: RunData) -> Section | None:
+    """Per add-on: whether its mechanism was on (the warnings), and the summary of its recorded figures."""
+    if not run.mechanisms:
+        return None
+    blocks = []
+    for addon, result in run.mechanisms.items():
+        warnings = result.get("warnings", [])
+        blocks.append(Text(f"{addon}: " + ("; ".join(warnings) if warnings else "mechanism on (no warning)")))
+        rows = [[k, v] for k, v in result.get("summary", {}).items()]
+        blocks.append(Table(["figure", "value"], rows, f"mechanisms.json: {addon}"))
+    return Section("mechanisms", "Mechanism checks", blocks)
+
+
 def run_sections(run: RunData, data_dir: str | None = None) -> list[Section]:
     assets = RunAssets(run, data_dir)
-    sections = [overview(run), config_section(run), training_section(run), evaluation_section(run),
+    sections = [overview(run), config_section(run), training_section(run), mechanisms_section(run),
+                evaluation_section(run),
                 embedding_section(run, assets), robustness_section(run, assets), *diagnostics_sections(run)]
     return [s for s in sections if s is not None]

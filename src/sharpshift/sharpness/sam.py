@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from sharpshift.plugins import STEPPERS
+from sharpshift.mechanisms import Mechanism, mean, values
+from sharpshift.plugins import MECHANISMS, STEPPERS
 from sharpshift.config.sharpness import SAMConfig
 
 
@@ -96,6 +97,8 @@ class SAMStepper:
             module.clip_gradients(opt, gradient_clip_val=module.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         out.terms["sam_perturbed_loss"] = perturbed_out.loss.detach()
+        out.extra["sam"] = {"eps_norm": torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps))) if eps
+                            else torch.zeros(()), "perturbed_minus_clean": (perturbed_out.loss - out.loss).detach()}
         return out
 
 
@@ -103,4 +106,24 @@ def build_sam(cfg, method) -> SAMStepper | None:
     return SAMStepper(cfg.sam) if cfg.sam.enabled else None
 
 
+def probe(method, ctx, out) -> dict | None:
+    figures = out.extra.get("sam")
+    return {k: float(v) for k, v in figures.items()} if figures else None
+
+
+def check(series: dict) -> tuple[dict, list[str]]:
+    """Off: a zero perturbation, or one that lowers the loss as often as it raises it (no ascent)."""
+    eps, rise = values(series, "eps_norm"), values(series, "perturbed_minus_clean")
+    summary = {"eps_norm": mean(eps), "perturbed_minus_clean": mean(rise),
+               "share_raised": sum(r > 0 for r in rise) / len(rise) if rise else None}
+    warnings = []
+    if eps and max(eps) == 0:
+        warnings.append("SAM's perturbation ||eps|| is 0 on every recorded step: SAM is plain SGD here")
+    elif rise and summary["share_raised"] <= 0.5:
+        warnings.append(f"SAM's perturbation raised the loss on only {summary['share_raised']:.0%} of the recorded "
+                        "steps: it is not ascending (try a smaller sam.rho)")
+    return summary, warnings
+
+
 STEPPERS.append(build_sam)
+MECHANISMS["sam"] = Mechanism(probe, check)

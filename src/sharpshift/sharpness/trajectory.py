@@ -1,7 +1,11 @@
 """SAF and MESA (Du et al., NeurIPS 2022) as loss regularisers for SSL.
 
-Both add lambda * tau^2 * KL(softmax(target / tau) || softmax(now / tau)) with the projector output as the
-logit vector (our SSL form; the paper is supervised). The gradient flows through `now` only.
+Two forms (`saf.form`, `mesa.form`; docs/sharpness.md):
+- normalised (ours, the default): lambda * KL(softmax(target^ / tau) || softmax(now^ / tau)), z^ = z / ||z||,
+  tau 0.1. NT-Xent ignores ||z||, so a term on raw outputs can be lowered by shrinking z (the audit measured
+  ||z|| 14.3 -> 7.7 under SAF); on normalised outputs it cannot: z -> c z leaves the term unchanged.
+- logits (the official code's form): lambda * tau^2 * KL(softmax(target / tau) || softmax(now / tau)), tau 5.
+The gradient flows through `now` only.
 - SAF: the target is the sample's own output E epochs ago, kept in a per-sample ring buffer of E+1 slots.
 - MESA: the target is an EMA copy of backbone + projector, in eval mode, on the same views.
 The loss is averaged over the views; SAF stores the mean of a sample's view outputs (our choice). With AMCL
@@ -21,7 +25,9 @@ from sharpshift.losses.dist import gather_no_grad
 from sharpshift.losses.precision import fp32
 from sharpshift.models.heads import MultiHead
 from sharpshift.plugins import REGULARISERS
-from sharpshift.config.sharpness import MESAConfig, SAFConfig, auto_start_epoch
+from sharpshift.config.sharpness import MESAConfig, SAFConfig, auto_start_epoch, resolved_temperature
+from sharpshift.mechanisms import Mechanism, mean, values
+from sharpshift.plugins import MECHANISMS
 
 NEVER = -(2**30)  # "epoch written" of an empty slot
 
@@ -41,13 +47,43 @@ def projections(out) -> list[torch.Tensor]:
     return out.extra.get("heads", out.proj)
 
 
-def views_kl(now: list[torch.Tensor], target: list[torch.Tensor] | torch.Tensor, temperature: float) -> torch.Tensor:
+@fp32
+def normalised_trajectory_kl(now: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """mean_i KL(softmax(target^_i / tau) || softmax(now^_i / tau)) on L2-normalised outputs: scale-free."""
+    return trajectory_kl(F.normalize(now, dim=-1), F.normalize(target, dim=-1), temperature) / temperature**2
+
+
+def views_kl(now: list[torch.Tensor], target: list[torch.Tensor] | torch.Tensor, temperature: float,
+             form: str = "logits") -> torch.Tensor:
     """Mean over views; `target` is one tensor for all views or one per view."""
     targets = target if isinstance(target, list) else [target] * len(now)
-    return sum(trajectory_kl(n, t, temperature) for n, t in zip(now, targets)) / len(now)
+    kl = normalised_trajectory_kl if form == "normalised" else trajectory_kl
+    return sum(kl(n, t, temperature) for n, t in zip(now, targets)) / len(now)
 
 
-class SAF(nn.Module):
+class TrajectoryFigures:
+    """The mechanism figures of SAF and MESA, taken on a due step's first pass: the weighted term, its gradient
+    on the backbone features relative to the rest of the loss's, and the mean ||z|| of the projections."""
+
+    pending: tuple[int, dict] | None = None
+
+    def take(self, method, ctx, out, term: torch.Tensor) -> None:
+        log = getattr(method, "mechanisms", None)
+        if log is None or not log.due(ctx.step) or (self.pending is not None and self.pending[0] == ctx.step):
+            return
+        z = projections(out)
+        figures = {"term": float(term.detach()), "z_norm": float(torch.stack([v.detach().float().norm(dim=-1).mean()
+                                                                              for v in z]).mean())}
+        feats = [f for f in out.feats if f.requires_grad]
+        if torch.is_grad_enabled() and feats:
+            g_term = torch.autograd.grad(term, feats, retain_graph=True, allow_unused=True)
+            g_rest = torch.autograd.grad(out.loss, feats, retain_graph=True, allow_unused=True)
+            norm = lambda gs: float(sum((g.float() ** 2).sum() for g in gs if g is not None)) ** 0.5  # noqa: E731
+            figures["grad_share"] = norm(g_term) / max(norm(g_rest), 1e-30)
+        self.pending = (ctx.step, figures)
+
+
+class SAF(TrajectoryFigures, nn.Module):
     """Per-sample ring buffer of past projector outputs, E+1 slots indexed by dataset index.
 
     Epoch e writes slot e % (E+1) and reads slot (e - E) % (E+1); a slot counts only if it was written in epoch
@@ -62,6 +98,7 @@ class SAF(nn.Module):
     def __init__(self, cfg: SAFConfig, max_epochs: int, out_shape: tuple[int, ...] = ()):
         super().__init__()
         self.cfg = cfg
+        self.temperature = resolved_temperature(cfg)
         self.slots = cfg.epochs_ago + 1
         self.start_epoch = max(auto_start_epoch(cfg.start_epoch, max_epochs), cfg.epochs_ago)
         self.dtype = torch.float16 if cfg.buffer_dtype == "float16" else torch.float32
@@ -117,8 +154,10 @@ class SAF(nn.Module):
         target, valid = self.read(ctx.indices, ctx.epoch)
         if not bool(valid.any()):
             return {}
-        loss = views_kl([z[valid] for z in projections(out)], target[valid], self.cfg.temperature)
-        return {"saf": self.cfg.weight * loss}
+        loss = self.cfg.weight * views_kl([z[valid] for z in projections(out)], target[valid], self.temperature,
+                                          self.cfg.form)
+        self.take(method, ctx, out, loss)
+        return {"saf": loss}
 
     def after_step(self, method, ctx, out) -> None:
         mean_output = torch.stack([z.detach().float() for z in projections(out)]).mean(0)  # over views: our choice
@@ -136,29 +175,67 @@ def ema_parameters_and_buffers(target: nn.Module, online: nn.Module, decay: floa
             tv.copy_(ov)
 
 
-class MESA(nn.Module):
-    """An EMA teacher (backbone + projector, eval mode) whose outputs on the same views are the KL targets."""
+def batch_statistics_only(module: nn.Module) -> nn.Module:
+    """BatchNorm layers that normalise with the batch's statistics and never update their running ones."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0  # running <- (1 - 0) running + 0 batch: unchanged
+    return module
+
+
+class MESA(TrajectoryFigures, nn.Module):
+    """An EMA teacher (backbone + projector) whose outputs on the same views are the KL targets.
+
+    logits form (official): the teacher is a copy of the initial student, EMA-updated from step 0 and run in eval
+    mode (running BatchNorm statistics). At step 0 its targets then differ from the student's outputs by the
+    train/eval mismatch alone (the audit measured 0.066), not by any trajectory.
+    normalised form (ours): the teacher is (re)set to the student on the first step of start_epoch, EMA-updated
+    from then on, and normalises with the batch's statistics like the student, so the first term is 0."""
 
     def __init__(self, cfg: MESAConfig, method, max_epochs: int):
         super().__init__()
         self.cfg = cfg
+        self.temperature = resolved_temperature(cfg)
         self.decay = cfg.resolved_decay(method.total_steps)
         self.start_epoch = auto_start_epoch(cfg.start_epoch, max_epochs)
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(method.backbone),
                                       "projector": copy.deepcopy(method.projector)})
         for p in self.teacher.parameters():
             p.requires_grad_(False)
+        if cfg.form == "normalised":
+            batch_statistics_only(self.teacher)
+        self.register_buffer("started", torch.zeros((), dtype=torch.bool))  # normalised: teacher set to the student
+
+    @torch.no_grad()
+    def start_from_student(self, method) -> None:
+        for name, online in (("backbone", method.backbone), ("projector", method.projector)):
+            for t, o in zip(self.teacher[name].state_dict().values(), online.state_dict().values()):
+                t.copy_(o)
+        self.started.fill_(True)
 
     def forward(self, method, ctx, out) -> dict[str, torch.Tensor]:
         if ctx.epoch < self.start_epoch or self.cfg.weight == 0:
             return {}
-        self.teacher.eval()  # always its running BN statistics, as timm's ModelEmaV2 (set here: Lightning calls train())
+        normalised = self.cfg.form == "normalised"
+        if normalised and not bool(self.started):
+            self.start_from_student(method)
+        # logits: always the running BN statistics, as timm's ModelEmaV2 (set here: Lightning calls train());
+        # normalised: each layer in its student's mode (batch statistics in training), running ones untouched
+        self.teacher.train(False)
+        if normalised:
+            for name, online in (("backbone", method.backbone), ("projector", method.projector)):
+                for t, o in zip(self.teacher[name].modules(), online.modules()):
+                    t.training = o.training
         with torch.no_grad():
             views = ctx.views[: len(out.proj)]  # the views the method projected (Barlow uses the first two)
             _, target = method.encode(views, self.teacher["backbone"], self.teacher["projector"])
-        return {"mesa": self.cfg.weight * views_kl(projections(out), target, self.cfg.temperature)}
+        loss = self.cfg.weight * views_kl(projections(out), target, self.temperature, self.cfg.form)
+        self.take(method, ctx, out, loss)
+        return {"mesa": loss}
 
     def after_step(self, method, ctx, out) -> None:
+        if self.cfg.form == "normalised" and not bool(self.started):
+            return  # nothing to average before the teacher starts
         ema_parameters_and_buffers(self.teacher["backbone"], method.backbone, self.decay)
         ema_parameters_and_buffers(self.teacher["projector"], method.projector, self.decay)
 
@@ -176,4 +253,29 @@ def build_mesa(cfg, method) -> MESA | None:
     return MESA(cfg.mesa, method, cfg.trainer.max_epochs) if cfg.mesa.enabled else None
 
 
+def _probe(kind):
+    def probe(method, ctx, out) -> dict | None:
+        reg = next((r for r in method.regularisers if isinstance(r, kind)), None)
+        return reg.pending[1] if reg is not None and reg.pending and reg.pending[0] == ctx.step else None
+    return probe
+
+
+def _check(name: str):
+    def check(series: dict) -> tuple[dict, list[str]]:
+        """Off: the term never acted (never recorded, or always 0), or its gradient share stayed below 1%."""
+        summary = {k: mean(values(series, k)) for k in series}
+        summary["steps_recorded"] = len(values(series, "term"))
+        terms = values(series, "term")
+        warnings = []
+        if not terms or max(terms) == 0:
+            warnings.append(f"the {name} term was zero on every recorded step: the trajectory mechanism is off")
+        elif summary.get("grad_share", 1.0) < 0.01:
+            warnings.append(f"the {name} term's gradient on the backbone is {summary['grad_share']:.1e} of the "
+                            "loss's: the trajectory mechanism is negligible")
+        return summary, warnings
+    return check
+
+
 REGULARISERS.extend([build_saf, build_mesa])
+MECHANISMS["saf"] = Mechanism(_probe(SAF), _check("SAF"))
+MECHANISMS["mesa"] = Mechanism(_probe(MESA), _check("MESA"))

@@ -17,11 +17,13 @@ Views are ordered [a1, a2, w1, w2]; `feats` and `proj` of the step output hold t
 from __future__ import annotations
 
 import math
+
 import torch
 
 from sharpshift import plugins
 from sharpshift.data.views import ViewParams, color_jitter, gaussian_blur, random_grayscale, resized_crop_flip, solarize
 from sharpshift.losses import byol_loss, infonce_queue, nt_xent
+from sharpshift.mechanisms import Mechanism, mean, values
 from sharpshift.steps import StepContext, StepOutput
 
 
@@ -31,19 +33,40 @@ def weak_view(x: torch.Tensor, p: ViewParams, g: torch.Generator, out_size: int)
     return resized_crop_flip(x, p, g, out_size).clamp(0, 1)
 
 
-def aggressive_view(weak: torch.Tensor, p: ViewParams, g: torch.Generator) -> torch.Tensor:
+def one_channel_stage(x: torch.Tensor, p: ViewParams, g: torch.Generator, gamma: float, solarize_p: float):
+    """What stands in, on one-channel images, for the colour ops they cannot have (saturation, hue, grayscale):
+    a gamma curve x^k, log k ~ U(-log(1 + gamma), log(1 + gamma)) with the jitter's probability, then
+    solarisation with probability solarize_p. Without it the aggressive stage changed Fashion-MNIST pixels by
+    0.076 on average against 0.225 between two crops, and 10.5% of aggressive views equalled their weak view."""
+    n, dev = x.shape[0], x.device
+    if gamma > 0:
+        apply = (torch.rand(n, generator=g, device=dev) < p.jitter_p).view(n, 1, 1, 1)
+        span = math.log1p(gamma)
+        k = torch.exp((torch.rand(n, generator=g, device=dev) * 2 - 1) * span).view(n, 1, 1, 1)
+        x = torch.where(apply, x.clamp_min(1e-6) ** k, x)
+    if solarize_p > 0:
+        apply = (torch.rand(n, generator=g, device=dev) < solarize_p).view(n, 1, 1, 1)
+        x = torch.where(apply & (x >= 0.5), 1 - x, x)
+    return x
+
+
+def aggressive_view(weak: torch.Tensor, p: ViewParams, g: torch.Generator, gray_gamma: float = 0.0,
+                    gray_solarize_p: float = 0.0) -> torch.Tensor:
     """Stage 2, on top of the weak view: the recipe's photometric ops (grayscale-aware: one-channel images
-    skip saturation, hue and grayscale, as in sharpshift.data.views)."""
+    skip saturation, hue and grayscale, as in sharpshift.data.views, and get one_channel_stage instead)."""
     x = color_jitter(weak, p, g) if p.jitter_p > 0 else weak
+    if x.shape[1] == 1:
+        x = one_channel_stage(x, p, g, gray_gamma, gray_solarize_p)
     x = random_grayscale(x, p, g)
     x = gaussian_blur(x, p, g)
     return solarize(x, p, g).clamp(0, 1)
 
 
-def multi_stage_views(x: torch.Tensor, params: list[ViewParams], g: torch.Generator, out_size: int) -> list[torch.Tensor]:
+def multi_stage_views(x: torch.Tensor, params: list[ViewParams], g: torch.Generator, out_size: int,
+                      gray_gamma: float = 0.0, gray_solarize_p: float = 0.0) -> list[torch.Tensor]:
     """[a1, ..., aV, w1, ..., wV] in [0, 1]: the aggressive views first, then the weak ones they were made from."""
     weak = [weak_view(x, p, g, out_size) for p in params]
-    return [aggressive_view(w, p, g) for w, p in zip(weak, params)] + weak
+    return [aggressive_view(w, p, g, gray_gamma, gray_solarize_p) for w, p in zip(weak, params)] + weak
 
 
 # --- schedule and weighting -------------------------------------------------------------------------
@@ -120,7 +143,34 @@ def moco_step(m, ctx: StepContext) -> StepOutput:
     return _output(m, ctx, *moco_rsa_terms(q, k, m.queue, m.mcfg.temperature), feats, q, keys=k[1])
 
 
+# --- the mechanism check --------------------------------------------------------------------------------
+WEAK_CHANGE_FLOOR = 0.05  # mean |aggressive - weak| in [0, 1] pixels below which the two stages barely differ
+
+
+def probe(m, ctx: StepContext, out: StepOutput) -> dict | None:
+    if "rsa_beta" not in out.extra:
+        return None
+    a, w = torch.stack(ctx.views[:2]).float(), torch.stack(ctx.views[2:4]).float()
+    change = float(((a - w).abs() * m.views.std).mean())  # back to [0, 1] pixel units
+    return {"beta": out.extra["rsa_beta"], "aggr_weak": float(out.terms["rsa_aggr_weak"]),
+            "aggr_aggr": float(out.terms["rsa_aggr_aggr"]), "aggressive_minus_weak": change}
+
+
+def check(series: dict) -> tuple[dict, list[str]]:
+    summary = {k: mean(values(series, k)) for k in series}
+    betas = values(series, "beta")
+    summary.update(beta_first=betas[0] if betas else None, beta_last=betas[-1] if betas else None)
+    warnings = []
+    if summary.get("aggressive_minus_weak", 1.0) < WEAK_CHANGE_FLOOR:
+        warnings.append(f"RSA's aggressive views differ from the weak ones by {summary['aggressive_minus_weak']:.3f} "
+                        "on average (pixels in [0, 1]): there is little semantic shift to weight")
+    if betas and max(betas) == 0:
+        warnings.append("RSA's beta_k is 0 on every recorded step: the aggressive-aggressive pairs never count")
+    return summary, warnings
+
+
 STEPS = {"byol": byol_step, "simclr": simclr_step, "moco": moco_step}
+plugins.MECHANISMS["rsa"] = Mechanism(probe, check)
 plugins.OBJECTIVES.update({("rsa", name): step for name, step in STEPS.items()})
 plugins.REFUSALS["rsa"] = "set rsa.enabled=false or change method.name"
 plugins.EXCLUSIVE.append(("rsa", "amcl", "rsa and amcl cannot be combined yet (RSA's losses use a single head); "

@@ -20,11 +20,13 @@ class ShiftViews(ViewGenerator):
     """Views in [0, 1] (RSA: [a1, a2, w1, w2], else the recipe's V views), then Fourier on the chosen views,
     then normalisation. All randomness comes from the one seeded generator."""
 
-    def __init__(self, base: ViewGenerator, fourier: FourierConfig | None = None, rsa: bool = False):
+    def __init__(self, base: ViewGenerator, fourier: FourierConfig | None = None, rsa: bool = False,
+                 gray_gamma: float = 0.0, gray_solarize_p: float = 0.0):
         super().__init__(base.params, base.mean.flatten().tolist(), base.std.flatten().tolist(), base.out_size,
                          seed=base.seed)
         self.fourier = fourier
         self.rsa = rsa
+        self.gray = (gray_gamma, gray_solarize_p)  # RSA's one-channel aggressive ops
 
     @property
     def num_views(self) -> int:
@@ -32,7 +34,7 @@ class ShiftViews(ViewGenerator):
 
     def unit_views(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.rsa:
-            return multi_stage_views(x, self.params, self.generator, self.out_size)
+            return multi_stage_views(x, self.params, self.generator, self.out_size, *self.gray)
         return [self.augment_view(x, i) for i in range(len(self.params))]
 
     @torch.no_grad()
@@ -51,7 +53,8 @@ def shift_views(cfg, method, views: ViewGenerator) -> ViewGenerator | None:
     if cfg.rsa.enabled and len(views.params) != 2:
         raise UserError(f"rsa makes two weak and two aggressive views; set views.num_views=2 "
                         f"(got {len(views.params)})")
-    out = ShiftViews(views, fourier, rsa=cfg.rsa.enabled)
+    out = ShiftViews(views, fourier, rsa=cfg.rsa.enabled, gray_gamma=cfg.rsa.gray_gamma,
+                     gray_solarize_p=cfg.rsa.gray_solarize_p)
     if fourier and max(fourier.views, default=-1) >= out.num_views:
         raise UserError(f"fourier.views={list(fourier.views)} names a view that does not exist; this run makes "
                         f"{out.num_views} views (indices 0..{out.num_views - 1})")
