@@ -132,3 +132,18 @@ def test_a_run_writes_mechanisms_json(overrides, addons, tmp_path, capsys):
     if "amcl" in addons:
         heads = data["amcl"]["series"]["tau_pos_q50"][0][1]
         assert len(heads) == 3  # one median per head
+
+
+def test_the_report_shows_the_mechanism_checks(tmp_path):
+    from sharpshift.report.run_data import load_run
+    from sharpshift.report.sections import mechanisms_section
+
+    (tmp_path / "mechanisms.json").write_text(json.dumps({"amcl": {"summary": {"share_at_tau_min": 1.0},
+                                                                   "warnings": ["AMCL temperatures are at tau_min"],
+                                                                   "series": {}}}))
+    run = load_run(tmp_path)
+    assert "mechanisms.json" not in run.diagnostics  # its own section, not "Other diagnostics"
+    section = mechanisms_section(run)
+    assert section.title == "Mechanism checks"
+    assert "AMCL temperatures are at tau_min" in section.blocks[0].text
+    assert section.blocks[1].rows == [["share_at_tau_min", 1.0]]
