@@ -15,6 +15,7 @@ from sharpshift.amcl.losses import (amcl_barlow_twins, amcl_infonce_queue, amcl_
                                     pair_temperature)
 from sharpshift.losses import barlow_twins_loss, nt_xent, simsiam_loss
 from tests import amcl_toy
+from tests.test_amcl import constant_phi  # phi = 0: every pair at (tau_min + tau_max) / 2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TMIN, TMAX = 1e-5, 2.0
@@ -175,15 +176,6 @@ def test_the_fit_has_its_minimum_at_the_optimal_temperature():
     assert bool((best[1:] < best[:-1]).all())  # a harder pair (lower s) has the higher optimum
 
 
-def _constant_phi(dim):
-    """phi = 0: every pair gets tau = (tau_min + tau_max) / 2."""
-    phi = TemperatureNet(dim, 8)
-    with torch.no_grad():
-        phi.net[2].weight.zero_()
-        phi.net[2].bias.zero_()
-    return phi
-
-
 MID = (TMIN + TMAX) / 2
 KW = dict(beta=0.0, kappa=2.0, delta=0.1, tau_min=TMIN, tau_max=TMAX)  # beta 0: the encoder's loss alone
 
@@ -191,7 +183,7 @@ KW = dict(beta=0.0, kappa=2.0, delta=0.1, tau_min=TMIN, tau_max=TMAX)  # beta 0:
 def test_adaptive_simclr_with_a_constant_temperature_is_nt_xent_per_head():
     g = torch.Generator().manual_seed(4)
     z1, z2 = torch.randn(10, 2, 8, generator=g), torch.randn(10, 2, 8, generator=g)
-    loss, _ = adaptive_nt_xent(z1, z2, _constant_phi(8), **KW)
+    loss, _ = adaptive_nt_xent(z1, z2, constant_phi(8), **KW)
     expected = sum(nt_xent(z1[:, c], z2[:, c], MID) for c in range(2))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -202,7 +194,7 @@ def test_adaptive_moco_with_a_constant_temperature_is_infonce_per_head():
     g = torch.Generator().manual_seed(5)
     q, k = torch.randn(6, 2, 8, generator=g), torch.randn(6, 2, 8, generator=g)
     queue = F.normalize(torch.randn(20, 2, 8, generator=g), dim=-1)
-    loss, _ = adaptive_infonce_queue(q, k, queue, _constant_phi(8), **KW)
+    loss, _ = adaptive_infonce_queue(q, k, queue, constant_phi(8), **KW)
     expected = sum(infonce_queue(q[:, c], k[:, c], queue[:, c], MID) for c in range(2))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -210,10 +202,10 @@ def test_adaptive_moco_with_a_constant_temperature_is_infonce_per_head():
 def test_adaptive_simsiam_and_barlow_with_a_constant_temperature_are_the_base_losses():
     g = torch.Generator().manual_seed(6)
     p1, p2, z1, z2 = (torch.randn(12, 2, 8, generator=g) for _ in range(4))
-    loss, _ = adaptive_simsiam(p1, p2, z1, z2, _constant_phi(8), **KW)
+    loss, _ = adaptive_simsiam(p1, p2, z1, z2, constant_phi(8), **KW)
     expected = sum(0.5 * simsiam_loss(p1[:, c], z2[:, c]) + 0.5 * simsiam_loss(p2[:, c], z1[:, c]) for c in range(2))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    loss, _ = adaptive_barlow_twins(z1, z2, _constant_phi(12), lambd=0.005, scale=0.5, **KW)
+    loss, _ = adaptive_barlow_twins(z1, z2, constant_phi(12), lambd=0.005, scale=0.5, **KW)
     expected = sum(barlow_twins_loss(z1[:, c], z2[:, c], 0.005, 0.5) for c in range(2))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
