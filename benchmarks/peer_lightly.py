@@ -114,7 +114,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    from sharpshift.bench.grid import replace_section
+    from sharpshift.bench.grid_tables import replace_section
     from sharpshift.precision_choice import choose_precision, cpu_name
 
     ap = argparse.ArgumentParser()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sharpshift.bench import grid
+from sharpshift.bench import grid, grid_tables, protocol
 from tests.conftest import tiny_config  # noqa: F401  (same tiny budget as the method tests)
 
 TINY = ["data.dataset=digits", "data.batch_size=32", "trainer.max_epochs=1", "trainer.max_steps=2", "model.width=8",
@@ -38,20 +38,21 @@ def test_summary_and_table():
     rows = [{"cell": "a", "seed": s, "linear_top1": v, "knn_top1": v / 2, "train_seconds": 10.0}
             for s, v in enumerate([0.8, 0.9, 0.85])]
     rows.append({"cell": "b", "seed": 0, "linear_top1": 0.5, "knn_top1": 0.4, "train_seconds": 0.0})
-    (a, b) = grid.summarise(rows)
+    rows[-1]["val_knn_top1"] = 0.3
+    (a, b) = grid_tables.summarise(rows)
     assert a["n"] == 3 and a["linear_mean"] == pytest.approx(0.85)
     assert a["linear_std"] == pytest.approx(statistics.stdev([0.8, 0.9, 0.85]))
-    table = grid.render_table([a, b])
-    assert "| a | 3 | 85.00 ± 5.00 | 42.50 ± 2.50 | 10 |" in table
-    assert "| b | 1 | 50.00 | 40.00 | 0 |" in table
+    table = grid_tables.render_table([a, b])
+    assert "| a | 3 | 85.00 ± 5.00 | 42.50 ± 2.50 | - | - | 10 |" in table
+    assert "| b | 1 | 50.00 | 40.00 | - | 30.00 | 0 |" in table
 
 
 def test_replace_section_rewrites_only_its_block(tmp_path):
     doc = tmp_path / "r.md"
     doc.write_text("# Results\n\nintro\n")
-    grid.replace_section(doc, "grid", "one\n")
-    grid.replace_section(doc, "other", "x\n")
-    grid.replace_section(doc, "grid", "two\n")
+    grid_tables.replace_section(doc, "grid", "one\n")
+    grid_tables.replace_section(doc, "other", "x\n")
+    grid_tables.replace_section(doc, "grid", "two\n")
     text = doc.read_text()
     assert "intro" in text and "two" in text and "one" not in text and "x\n" in text
     assert text.count("<!-- grid:start -->") == 1
@@ -76,7 +77,7 @@ def test_dsa_cells_share_one_prior_run_and_supervised_cell_trains_with_labels(tm
 
     trained = []
     real_train = grid._train
-    monkeypatch.setattr(grid, "_train", lambda cell, ov, d: (trained.append(cell.name), real_train(cell, ov, d)))
+    monkeypatch.setattr(grid, "_train", lambda cell, ov, d, p: (trained.append(cell.name), real_train(cell, ov, d, p)))
     grid.run_cell(grid.CELLS["dsa-simclr"], 0, TINY, tmp_path)
     grid.run_cell(grid.CELLS["dsa-byol"], 0, TINY, tmp_path)
     assert trained == ["dsa-prior", "dsa-simclr", "dsa-byol"]  # the prior is trained once per budget
@@ -101,7 +102,7 @@ def test_diagnostics_are_added_to_a_recorded_row_once(tmp_path, monkeypatch):
 def test_diagnostics_table_flattens_and_averages():
     rows = [{"cell": "a", "diagnostics": {"sharpness": {"loss": v, "sam_sharpness": {"0.05": v / 10}}}}
             for v in (1.0, 3.0)] + [{"cell": "b", "diagnostics": {}}]
-    table = grid.render_diagnostics(rows)
+    table = grid_tables.render_diagnostics(rows, list(grid.DIAGNOSTICS))
     assert "| cell | seeds | loss | sam_sharpness 0.05 |" in table
     assert f"| a | 2 | 2 ± {statistics.stdev([1.0, 3.0]):.2g} | 0.2 ± {statistics.stdev([0.1, 0.3]):.2g} |" in table
     assert "| b |" not in table and "robustness" not in table
@@ -186,20 +187,22 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
 
     from sharpshift.cli import app
 
-    row = {"cell": "simclr", "seed": 0, "linear_top1": 0.8, "knn_top1": 0.7, "train_seconds": 5.0,
+    fp = protocol.fingerprint(protocol.budget_overrides("reduced"))
+    row = {"cell": "simclr", "seed": 0, "protocol": fp, "linear_top1": 0.8, "knn_top1": 0.7, "train_seconds": 5.0,
            "diagnostics": {"discriminability": {"crowding": 0.25}}}
-    (tmp_path / "rec" / "reduced" / "simclr").mkdir(parents=True)
-    (tmp_path / "rec" / "reduced" / "simclr" / "seed0.json").write_text(json.dumps(row))
-    (tmp_path / "runs" / "reduced").mkdir(parents=True)  # cached floors: nothing is evaluated
-    (tmp_path / "runs" / "reduced" / "floors.json").write_text(json.dumps(
-        [{"cell": "raw pixels", "seed": 0, "linear_top1": 0.5, "knn_top1": 0.4, "train_seconds": 0.0}]))
+    floor = {"cell": "random-encoder", "seed": 0, "protocol": fp, "linear_top1": 0.75, "knn_top1": 0.71,
+             "train_seconds": 0.0}
+    for r in (row, floor):
+        (tmp_path / "rec" / "reduced" / r["cell"]).mkdir(parents=True)
+        (tmp_path / "rec" / "reduced" / r["cell"] / "seed0.json").write_text(json.dumps(r))
     doc = tmp_path / "docs" / "results.md"
     result = CliRunner().invoke(app, ["bench", "accuracy", "--collect-only", "--budget", "reduced", "--cells", "simclr",
                                       "--seeds", "0,1", "--record", str(tmp_path / "rec"), "--root",
                                       str(tmp_path / "runs"), "--doc", str(doc)])
     assert result.exit_code == 0, result.output
     text = doc.read_text()
-    assert "| simclr | 1 | 80.00 | 70.00 | 5 |" in text and "Not run (yet): simclr seed 1." in text
+    assert "| simclr | 1 | 80.00 | 70.00 | - | - | 5 |" in text and "simclr seed 1" in text.split("Not run (yet)")[1]
+    assert "| simclr | random-encoder | against the floor | 0 | +5.00 | +5.00 | one seed | -1.00 |" in text
     assert (tmp_path / "docs" / "results" / "grid-reduced.png").stat().st_size > 1000
     assert not (tmp_path / "runs" / "reduced" / "simclr").exists()  # nothing was trained
     assert "**discriminability**" in text and "| simclr | 1 | 0.25 |" in text  # recorded diagnostics by default

@@ -159,7 +159,7 @@ def bench_speed(
     batch_size: int = typer.Option(256, help="Images per step (each gives two views)."),
 ) -> None:
     """Step time of every base method and add-on, against a bare PyTorch loop and the machine's peak."""
-    from sharpshift.bench.grid import replace_section
+    from sharpshift.bench.grid_tables import replace_section
     from sharpshift.bench.speed import check_settings, parse_cases, run_speed, write_json
     from sharpshift.bench.speed_markdown import render_markdown
 
@@ -176,7 +176,8 @@ def bench_speed(
 def bench_accuracy(
     cells: str = typer.Option(",".join(METHOD_DEFAULTS), help="Comma-separated cells (shipped config names)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
-    budget: str = typer.Option("default", help="default (5 epochs, full data) or reduced (10k images, 3 epochs)."),
+    budget: str = typer.Option("default", help="default (5 epochs, all 54k images), reduced (10k images, 3 epochs) "
+                               "or long (10k images, 30 epochs); the protocol: sharpshift.bench.protocol."),
     root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
     record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
@@ -186,13 +187,16 @@ def bench_accuracy(
     section: str = typer.Option("", help="Name of the results section to rewrite (default: grid-BUDGET)."),
     collect_only: bool = typer.Option(False, "--collect-only", help="Train nothing: tabulate the recorded rows "
                                       "and list the (cell, seed) pairs that have none."),
+    equal_compute: bool = typer.Option(True, help="Also run each add-on's base at the add-on's measured step cost "
+                                       "(BASE@1.3x) and compare at equal cost."),
     data_dir: Optional[str] = DataDir,
 ) -> None:
-    """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors."""
+    """The results grid: cells x seeds at a fixed budget, with the floors and paired comparisons."""
     from sharpshift.bench.grid import run_grid
 
     run_grid(cells, seeds, budget, root, doc, record, diagnose, section, collect_only, data_dir,
-             command="sharpshift bench accuracy " + " ".join(sys.argv[3:]), log=typer.echo)
+             command="sharpshift bench accuracy " + " ".join(sys.argv[3:]), equal_compute=equal_compute,
+             log=typer.echo)
 
 
 def main() -> None:

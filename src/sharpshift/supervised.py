@@ -22,7 +22,7 @@ def train_supervised(cfg, data_dir: str | None = None) -> Path:
     from sharpshift.train import build_trainer, make_run_dir, prepare, set_up_cpu
 
     machine = set_up_cpu(cfg)
-    train, test, world = prepare(cfg, data_dir)
+    train, _, world = prepare(cfg, data_dir)  # the final evaluation reads the test split, training never does
     if train.labels is None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no labels; supervised training needs a labelled dataset")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -47,9 +47,10 @@ def train_supervised(cfg, data_dir: str | None = None) -> Path:
     export_backbone(module.backbone, arch, run_dir)
     summary = {"supervised": True, "train_seconds": round(seconds, 1), "steps": trainer.global_step,
                "precision": trainer.precision, **machine,
-               "images_per_second": round(trainer.global_step * cfg.data.batch_size * world / max(seconds, 1e-9), 1)}
+               "images_per_second": round(trainer.global_step * cfg.data.batch_size * world / max(seconds, 1e-9), 1),
+               "splits": {"pretrain": train.digest()}}
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
-    if cfg.eval.after_training and test is not None:
+    if cfg.eval.after_training:
         from sharpshift.evaluation.run import evaluate_run
 
         evaluate_run(run_dir, cfg.data.data_dir)

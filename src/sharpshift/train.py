@@ -63,8 +63,9 @@ def make_run_dir(cfg: Config) -> Path:
 
 
 def prepare(cfg: Config, data_dir: str | None = None):
-    """Load and check the data before anything is created on disk: (pretraining images, the labelled split
-    the kNN monitor reads, world size). The monitor reads the validation hold-out when there is one."""
+    """Load and check the data before anything is created on disk: (pretraining images, the labelled
+    validation hold-out the kNN monitor reads, world size). Training never reads the test split: without a
+    hold-out (data.val_fraction=0) there is no monitor."""
     if data_dir:
         cfg.data.data_dir = data_dir
     full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
@@ -75,15 +76,11 @@ def prepare(cfg: Config, data_dir: str | None = None):
         raise UserError(f"data.batch_size={cfg.data.batch_size} x {world} process(es) is larger than the dataset "
                         f"({len(train)} images); lower data.batch_size")
     if train.labels is None:
-        return train, None, world
-    if val is not None:
-        return train, val, world
-    try:
-        test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir, cfg.data.on_bad_image).subset(
-            cfg.data.test_subset, seed=cfg.seed)
-    except UserError:
-        test = None
-    return train, test, world
+        val = None
+    if val is None and cfg.eval.knn_every_n_epochs and train.labels is not None and first_process():
+        print("note: no validation hold-out (data.val_fraction=0), so no kNN monitor: it never reads the test split",
+              flush=True)
+    return train, val, world
 
 
 def build_module(cfg: Config, train, monitored=None, world: int = 1):
@@ -154,9 +151,9 @@ def pretrain(cfg: Config, data_dir: str | None = None, resume: str | os.PathLike
 def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | None) -> Path:
     ckpt_path, ckpt = find_resume_checkpoint(resume, describe(cfg)) if resume else (None, None)
     machine = set_up_cpu(cfg)
-    train, test, world = prepare(cfg, data_dir)
+    train, val, world = prepare(cfg, data_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = build_module(cfg, train, test, world)
+    module = build_module(cfg, train, val, world)
     if ckpt is not None:
         check_state_matches(ckpt["state_dict"], module, ckpt_path)
         start_step = int(ckpt.get("global_step", 0))
@@ -187,7 +184,8 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
     steps = trainer.global_step - start_step  # this session's steps (all of them unless resumed)
     summary = {"train_seconds": round(train_seconds, 1), "steps": trainer.global_step, "precision": trainer.precision,
                "images_per_second": round(steps * cfg.data.batch_size * world / max(train_seconds, 1e-9), 1),
-               **machine, "speed": speed.summary(cfg.data.batch_size * world, module.views_per_image, train_seconds)}
+               **machine, "speed": speed.summary(cfg.data.batch_size * world, module.views_per_image, train_seconds),
+               "splits": {"pretrain": train.digest(), **({"val": val.digest()} if val is not None else {})}}
     if ckpt_path is not None:
         summary.update(resumed_from=str(ckpt_path), resumed_at_step=start_step)
     if module.skipped_steps:
@@ -198,7 +196,7 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
 
         for line in mechanisms.write(run_dir, module.mechanisms.results(plugins.MECHANISMS), atomic_write_text):
             print(line, flush=True)
-    if cfg.eval.after_training and test is not None:
+    if cfg.eval.after_training and train.labels is not None:
         from sharpshift.evaluation.run import evaluate_run
 
         evaluate_run(run_dir, cfg.data.data_dir)

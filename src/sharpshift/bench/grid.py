@@ -1,28 +1,39 @@
 """`sharpshift bench accuracy`: a grid of (cell x seed) pretraining runs at one fixed budget, resumable.
 
 A cell is a shipped config plus overrides (CELLS names the ones the docs report; any other shipped config name
-is a cell too). Each (cell, seed) gets its own run folder under ROOT; a folder that already has eval.json is
-finished and is read, not run again; an unfinished one is started afresh. Diagnostics (`diagnose ...`) run on
-the finished folder and their figures are added to the cell's row. The floors (raw pixels, random-init
-encoder) are evaluated with the same probe."""
+is a cell too, and "BASE@1.3x" is BASE trained for 1.3 times the budget's steps: the equal-cost reference of
+an add-on whose step costs 1.3 times its base's). Each (cell, seed) gets its own run folder under ROOT; a
+folder with eval.json made under the budget's protocol is finished and is read, not run again; any other is
+started afresh. Every row records the protocol's fingerprint (bench.protocol), the digests of the splits it
+used, its validation figures and its kNN learning curve. The floors (raw pixels, a random encoder) are rows
+too, one per seed. Diagnostics (`diagnose ...`) run on the finished folder; their figures and the settings
+they ran with are added to the row."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from sharpshift import plugins
+from sharpshift.bench import grid_tables
+from sharpshift.bench.curves import read_curve, render_curves
+from sharpshift.bench.floors import FLOORS, evaluate_floor
+from sharpshift.bench.paired import Comparison, compare, render_comparisons
+from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint, protocol_config
 from sharpshift.config import METHOD_DEFAULTS, load_config
 from sharpshift.errors import UserError
 from sharpshift.train import RUN_DIR_ENV
+
+BENCHMARKS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.json"  # `bench speed`'s step-time ratios
+GRID_FILE = "grid.json"  # in a run folder: the protocol fingerprint it was trained under
+EQUAL_COST = "@"  # "simclr@1.3x"
+FLOOR_REFERENCE = "random-encoder"  # every cell is paired against this floor
 
 
 @dataclass
@@ -30,32 +41,41 @@ class Cell:
     name: str
     config: str
     overrides: list[str] = field(default_factory=list)
-    kind: str = "pretrain"  # or "supervised" (`sharpshift supervised CONFIG`)
+    kind: str = "pretrain"  # or "supervised" (`sharpshift supervised CONFIG`), or "floor" (nothing trained)
     needs_prior: bool = False  # DSA with prior=checkpoint: the grid trains one prior run per budget
+    base: str | None = None  # an add-on cell: the base cell it is compared with
+    cost: tuple[str, ...] = ()  # `bench speed` cases whose step-time ratios multiply to its cost over the base
+    steps_scale: float = 1.0  # an equal-cost base cell: the budget's steps times this
 
 
 BASE_CELLS = [Cell(m, m) for m in METHOD_DEFAULTS]  # every base method (its shipped config has its name)
 CELLS = {c.name: c for c in [
-    *BASE_CELLS,
-    Cell("ssa-clr", "ssa-clr"), Cell("sam-byol", "sam-byol"), Cell("mesa-simclr", "mesa-simclr"),
-    # E=1: the trajectory term needs more than E epochs, and the grid's budgets are 3-5 epochs
-    Cell("saf-simclr", "saf-simclr", ["saf.epochs_ago=1"]),
-    Cell("fourier-simclr", "fourier-simclr"), Cell("rsa-byol", "rsa-byol"), Cell("rsa-simclr", "rsa-simclr"),
-    *[Cell(f"amcl-{m}", f"amcl-{m}") for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
+    *[Cell(name, "simclr", kind="floor") for name in FLOORS], *BASE_CELLS,
+    Cell("ssa-clr", "ssa-clr", base="simclr", cost=("sam", "fourier")),
+    Cell("sam-simclr", "sam-simclr", base="simclr", cost=("sam",)),
+    Cell("sam-byol", "sam-byol", base="byol", cost=("sam",)),
+    Cell("mesa-simclr", "mesa-simclr", base="simclr", cost=("mesa",)),
+    # E=1: the trajectory term needs more than E epochs, and the reduced budget has 3
+    Cell("saf-simclr", "saf-simclr", ["saf.epochs_ago=1"], base="simclr", cost=("saf",)),
+    Cell("fourier-simclr", "fourier-simclr", base="simclr", cost=("fourier",)),
+    Cell("rsa-simclr", "rsa-simclr", base="simclr", cost=("rsa",)),
+    Cell("rsa-byol", "rsa-byol", base="byol", cost=("rsa",)),
+    Cell("byol-aa", "byol-aa", base="byol", cost=("rsa",)),  # RSA's baseline: its views, no weighting
+    *[Cell(f"amcl-{m}", f"amcl-{m}", base=m, cost=("amcl",))
+      for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
     # DSA with the documented default prior: an earlier SimCLR run (the grid trains it once per budget)
-    Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True),
-    Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True),
+    Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True, base="simclr", cost=("dsa",)),
+    Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True, base="byol", cost=("dsa",)),
     Cell("supervised", "simclr", kind="supervised"),
-    # about SSA-CLR's wall time (its SAM step costs ~1.9x SimCLR's): plain SimCLR with 5/3 of the epochs
-    Cell("simclr-5ep", "simclr", ["trainer.max_epochs=5"]),
 ]}
 # the DSA prior: a SimCLR run on another subset draw (seed 100), trained once per budget, never evaluated
 PRIOR_CELL = Cell("dsa-prior", "simclr", ["seed=100", "eval.after_training=false"])
 # `diagnose` sub-commands the grid can run on a finished cell, with the arguments it uses (cheap settings:
-# no landscapes, no t-SNE; run the command yourself on a run folder for the pictures)
+# no landscapes, no t-SNE; run the command yourself on a run folder for the pictures). Sharpness is measured
+# on the plain SimCLR views for every cell, so that a method's own views do not enter its flatness.
 DIAGNOSTICS = {  # name: (command, arguments after RUN_DIR, the JSON it writes)
-    "sharpness": (["diagnose", "sharpness"], ["--batches", "1", "--hutchinson", "10", "--no-landscapes", "--no-plots"],
-                  "sharpness.json"),
+    "sharpness": (["diagnose", "sharpness"], ["--batches", "1", "--hutchinson", "10", "--no-landscapes", "--no-plots",
+                                              "--views", "reference"], "sharpness_reference.json"),
     "discriminability": (["diagnose", "discriminability"], ["--tsne-points", "0"], "discriminability.json"),
     # 1000 corrupted test images per (corruption, severity), 500 attacked ones
     "robustness": (["evaluate", "--robustness"], ["robustness.test_subset=1000", "robustness.adversarial_subset=500"],
@@ -63,39 +83,83 @@ DIAGNOSTICS = {  # name: (command, arguments after RUN_DIR, the JSON it writes)
 }
 
 
-NOT_FIGURES = ("seconds", "test_size")  # bookkeeping in the diagnostics' JSON, not results
-
-
 def cell_named(name: str) -> Cell:
-    return CELLS.get(name) or Cell(name, name)
-BUDGETS = {
-    # the README demo's budget: full Fashion-MNIST, 5 epochs
-    "default": ["trainer.max_epochs=5"],
-    # the reduced budget the method issues compare at
-    "reduced": ["data.subset=10000", "data.test_subset=5000", "trainer.max_epochs=3"],
-}
+    if name in CELLS:
+        return CELLS[name]
+    base, _, scale = name.partition(EQUAL_COST)
+    if scale.endswith("x"):
+        try:
+            return Cell(name, base, steps_scale=float(scale[:-1]))
+        except ValueError:
+            pass
+    return Cell(name, name)
+
+
+def step_costs(path: Path = BENCHMARKS) -> dict[str, float]:
+    """Each `bench speed` case's step-time ratio to its base method's plain step, measured in one process."""
+    if not path.is_file():
+        return {}
+    return {name: case["ratio"] for name, case in json.loads(path.read_text())["cases"].items()}
+
+
+def equal_cost_name(cell: Cell, costs: dict[str, float]) -> str | None:
+    """The base cell at the add-on's cost (the ratio rounded to 0.1, so that add-ons of about the same cost
+    share one), or None when the cost is not measured or rounds to 1 (equal epochs is then equal cost)."""
+    if cell.base is None or not cell.cost or any(c not in costs for c in cell.cost):
+        return None
+    ratio = round(math.prod(costs[c] for c in cell.cost), 1)
+    return f"{cell.base}{EQUAL_COST}{ratio:.1f}x" if ratio > 1.0 else None
+
+
+def scaled_budget(overrides: list[str], scale: float) -> list[str]:
+    """The budget stretched to `scale` times its steps: the schedule spans the longer run and its last epoch is
+    cut at the step count."""
+    from sharpshift.data.registry import load_dataset
+    from sharpshift.data.splits import split_validation
+
+    cfg = protocol_config(overrides)
+    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
+    images = len(split_validation(full, cfg.data.val_fraction)[0].subset(cfg.data.subset))
+    steps = round(cfg.trainer.max_epochs * (images // cfg.data.batch_size) * scale)
+    return [f"trainer.max_epochs={math.ceil(cfg.trainer.max_epochs * scale)}", f"trainer.max_steps={steps}"]
 
 
 def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[str] = (),
-             record: Path | None = None, diagnostics: list[str] = ()) -> dict:
-    """Run (or read back) one cell. `record`: a folder of small committed JSON rows, so a finished cell
-    survives the run folder (runs/ is not versioned) and is not run again on another machine."""
+             record: Path | None = None, diagnostics: list[str] = (), log: Callable[[str], None] = print) -> dict:
+    """Run (or read back) one cell under `budget` (protocol overrides included). `record`: a folder of small
+    committed JSON rows, so a finished cell survives the run folder (runs/ is not versioned) and is not run
+    again on another machine. A recorded row or run folder from another protocol is made again."""
+    expected = fingerprint([*budget, *extra])
     row_file = record / cell.name / f"seed{seed}.json" if record else None
     run_dir = root / cell.name / f"seed{seed}"
     row = recorded_row(cell.name, seed, record) if record else None
-    finished = (run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file()
-    if row is None and not finished:
-        prior = [f"dsa.prior_path={train_prior(budget, root, extra)}"] if cell.needs_prior else []
-        _train(cell, [*budget, *cell.overrides, *extra, *prior, f"seed={seed}"], run_dir)
+    if row is not None and row.get("protocol") != expected:
+        log(f"{cell.name} seed {seed}: recorded under protocol {row.get('protocol')}, now {expected}: made again")
+        row = None
+    if row is None and cell.kind == "floor":
+        cfg = load_config(cell.config, [*budget, *extra, f"seed={seed}"])
+        row = floor_row(cell.name, seed, evaluate_floor(cell.name, cfg), expected)
     if row is None:
-        row = collect(run_dir, cell, seed)
+        if not finished(run_dir, expected):
+            overrides = [*budget, *extra]
+            if cell.steps_scale != 1.0:
+                overrides += scaled_budget(overrides, cell.steps_scale)
+            prior = [f"dsa.prior_path={train_prior(budget, root, extra)}"] if cell.needs_prior else []
+            _train(cell, [*overrides, *cell.overrides, *prior, f"seed={seed}"], run_dir, expected)
+        row = collect(run_dir, cell, seed, expected)
     missing = [d for d in diagnostics if d not in row.get("diagnostics", {})]
     if missing and (run_dir / "backbone.safetensors").is_file():
         for d in missing:
             diagnose(run_dir, d, extra)
             row.setdefault("diagnostics", {})[d] = {}
-    row.pop("run_dir", None)
+            row.setdefault("diagnostics_settings", {})[d] = " ".join([*DIAGNOSTICS[d][0], "RUN", *DIAGNOSTICS[d][1]])
     return _record(refresh_headlines(row, root), row_file)
+
+
+def finished(run_dir: Path, expected: str) -> bool:
+    grid_file = run_dir / GRID_FILE
+    return ((run_dir / "eval.json").is_file() and (run_dir / "train.json").is_file() and grid_file.is_file()
+            and json.loads(grid_file.read_text()).get("protocol") == expected)
 
 
 def refresh_headlines(row: dict, root: Path) -> dict:
@@ -114,13 +178,13 @@ def recorded_row(name: str, seed: int, record: Path) -> dict | None:
     return json.loads(row_file.read_text()) if row_file.is_file() else None
 
 
-def _train(cell: Cell, overrides: list[str], run_dir: Path) -> None:
+def _train(cell: Cell, overrides: list[str], run_dir: Path, protocol: str) -> None:
     from sharpshift.supervised import train_supervised
     from sharpshift.train import pretrain
 
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run: start it again
-    cfg = load_config(cell.config, [*overrides, "trainer.progress_bar=false", "eval.knn_every_n_epochs=0"])
+        shutil.rmtree(run_dir)  # an interrupted run or one from another protocol: start it again
+    cfg = load_config(cell.config, [*overrides, "trainer.progress_bar=false", "report.after_training=false"])
     run_dir.mkdir(parents=True)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)
@@ -131,12 +195,16 @@ def _train(cell: Cell, overrides: list[str], run_dir: Path) -> None:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = previous
+    (run_dir / GRID_FILE).write_text(json.dumps({"protocol": protocol, "overrides": overrides}, indent=2))
 
 
 def train_prior(budget: list[str], root: Path, extra: list[str]) -> Path:
     run_dir = root / PRIOR_CELL.name
-    if not (run_dir / "backbone.safetensors").is_file():
-        _train(PRIOR_CELL, [*budget, *extra, *PRIOR_CELL.overrides], run_dir)
+    expected = fingerprint([*budget, *extra])
+    grid_file = run_dir / GRID_FILE
+    if not (grid_file.is_file() and json.loads(grid_file.read_text()).get("protocol") == expected
+            and (run_dir / "backbone.safetensors").is_file()):
+        _train(PRIOR_CELL, [*budget, *extra, *PRIOR_CELL.overrides], run_dir, expected)
     return run_dir
 
 
@@ -168,196 +236,124 @@ def _headline(name: str, result: dict, root: Path, seed: int) -> dict:
         return out
     if name == "sharpness":
         return {k: result[k] for k in ("loss", "sam_sharpness", "hessian_top_eigenvalue", "hessian_trace")}
-    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in NOT_FIGURES}
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in grid_tables.NOT_FIGURES}
 
 
 def _record(row: dict, row_file: Path | None) -> dict:
     if row_file:
         row_file.parent.mkdir(parents=True, exist_ok=True)
-        row_file.write_text(json.dumps({k: v for k, v in row.items() if k != "run_dir"}, indent=2))
+        row_file.write_text(json.dumps(row, indent=2))
     return row
 
 
-def collect(run_dir: Path, cell: Cell, seed: int) -> dict:
+EVAL_FIGURES = ("linear_top1", "knn_top1", "val_linear_top1", "val_knn_top1")
+
+
+def floor_row(name: str, seed: int, ev: dict, protocol: str) -> dict:
+    return {"cell": name, "seed": seed, "protocol": protocol, **{k: ev.get(k) for k in EVAL_FIGURES},
+            "train_seconds": 0.0, "splits": ev["splits"], "diagnostics": {}}
+
+
+def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
     ev = json.loads((run_dir / "eval.json").read_text())
     tr = json.loads((run_dir / "train.json").read_text())
-    return {"cell": cell.name, "seed": seed, "linear_top1": ev["linear_top1"], "knn_top1": ev["knn_top1"],
-            "train_seconds": tr["train_seconds"], "run_dir": str(run_dir), "diagnostics": {}}
+    return {"cell": cell.name, "seed": seed, "protocol": protocol, **{k: ev.get(k) for k in EVAL_FIGURES},
+            "train_seconds": tr["train_seconds"], "steps": tr["steps"], "precision": tr.get("precision"),
+            "cpu": tr.get("cpu"), "val_knn_curve": read_curve(run_dir),
+            "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}}
 
 
-def floors(budget: list[str], seeds: list[int], root: Path) -> list[dict]:
-    """Raw pixels and a random-init encoder under the same probe and kNN (cached in ROOT/floors.json)."""
-    from sharpshift.data.loader import channel_stats
-    from sharpshift.evaluation.knn import knn_top1
-    from sharpshift.evaluation.linear import linear_probe
-    from sharpshift.evaluation.run import evaluate_backbone, labelled_splits
-    from sharpshift.models import build_backbone
-
-    cache = root / "floors.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    cfg = load_config("simclr", budget)  # the cells' protocol: the full train split, no validation hold-out
-    train, test = labelled_splits(cfg, cfg.data.data_dir)  # the splits every run's evaluation uses
-    rows = []
-    px_train, px_test = train.images.flatten(1).float() / 255, test.images.flatten(1).float() / 255
-    probe = linear_probe(px_train, train.labels, px_test, test.labels, iterations=cfg.eval.linear_max_iter,
-                         weight_decay=cfg.eval.linear_weight_decay)
-    knn = knn_top1(px_train, train.labels, px_test, test.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
-    rows.append({"cell": "raw pixels", "seed": 0, "linear_top1": probe.top1, "knn_top1": knn, "train_seconds": 0.0})
-    mean, std = channel_stats(train.images)
-    for seed in seeds:
-        torch.manual_seed(seed)
-        enc = build_backbone(cfg.model.backbone, train.channels, cfg.model.width, cfg.model.cifar_stem)
-        enc.arch = {"mean": mean, "std": std}
-        ev = evaluate_backbone(enc, cfg, train, test)
-        rows.append({"cell": "random encoder", "seed": seed, "linear_top1": ev["linear_top1"],
-                     "knn_top1": ev["knn_top1"], "train_seconds": 0.0})
-    root.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(rows, indent=2))
-    return rows
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and sample std per cell, in first-seen order."""
-    cells: dict[str, list[dict]] = {}
-    for r in rows:
-        cells.setdefault(r["cell"], []).append(r)
+def comparisons(names: list[str], costs: dict[str, float]) -> list[Comparison]:
+    """Each add-on against its base at equal epochs and, where its cell is in the grid, at equal cost; every
+    trained cell against the random-encoder floor."""
     out = []
-    for name, rs in cells.items():
-        def stat(key):
-            vals = [r[key] for r in rs]
-            return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-        (lm, ls), (km, ks), (tm, _) = stat("linear_top1"), stat("knn_top1"), stat("train_seconds")
-        out.append({"cell": name, "n": len(rs), "linear_mean": lm, "linear_std": ls, "knn_mean": km, "knn_std": ks,
-                    "train_seconds": tm})
+    for name in names:
+        cell = cell_named(name)
+        if cell.base in names:
+            out.append(Comparison(name, cell.base, "equal epochs"))
+            equal = equal_cost_name(cell, costs)
+            if equal in names:
+                out.append(Comparison(name, equal, f"equal cost (x{equal.rsplit(EQUAL_COST, 1)[1][:-1]})"))
+    for name in names:
+        if cell_named(name).kind != "floor" and FLOOR_REFERENCE in names:
+            out.append(Comparison(name, FLOOR_REFERENCE, "against the floor"))
     return out
 
 
-def render_table(summary: list[dict]) -> str:
-    lines = ["| method | seeds | linear top-1 (%) | kNN top-1 (%) | train time (s) |", "|---|---|---|---|---|"]
-    for s in summary:
-        spread = lambda m, d: f"{100 * m:.2f} ± {100 * d:.2f}" if s["n"] > 1 else f"{100 * m:.2f}"  # noqa: E731
-        lines.append(f"| {s['cell']} | {s['n']} | {spread(s['linear_mean'], s['linear_std'])} | "
-                     f"{spread(s['knn_mean'], s['knn_std'])} | {s['train_seconds']:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def replace_section(doc: Path, marker: str, body: str) -> None:
-    """Rewrite the text between <!-- marker:start --> and <!-- marker:end --> (appended if absent)."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    text = doc.read_text() if doc.is_file() else ""
-    block = f"{start}\n{body}{end}"
-    if start in text and end in text:
-        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
-
-
-def render_diagnostics(rows: list[dict], only: list[str] = ()) -> str:
-    """One table per diagnostic found in the rows (or in `only`): mean ± sample std over seeds of each numeric
-    figure (nested dicts, e.g. sam_sharpness per rho, become one column each)."""
-    out = []
-    for name in only or DIAGNOSTICS:
-        per_cell: dict[str, list[dict]] = {}
-        for r in rows:
-            if name in r.get("diagnostics", {}):
-                per_cell.setdefault(r["cell"], []).append(_flatten(r["diagnostics"][name]))
-        if not per_cell:
-            continue
-        keys = list(dict.fromkeys(k for fs in per_cell.values() for f in fs for k in f))
-        out += [f"\n**{name}** (mean ± std over seeds)\n", "| cell | seeds | " + " | ".join(keys) + " |",
-                "|---" * (len(keys) + 2) + "|"]
-        for cell, fs in per_cell.items():
-            vals = [_mean_std([f[k] for f in fs if k in f]) if any(k in f for f in fs) else "-" for k in keys]
-            out.append(f"| {cell} | {len(fs)} | " + " | ".join(vals) + " |")
-    return "\n".join(out) + ("\n" if out else "")
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k} "))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_FIGURES:
-            flat[f"{prefix}{k}"] = float(v)
-    return flat
-
-
-def render_plot(summary: list[dict], path: Path) -> None:
-    """Linear and kNN top-1 per cell, mean with the sample std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [s["cell"] for s in summary]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 4))
-    x = range(len(names))
-    for shift, key, label in ((-0.2, "linear", "linear probe"), (0.2, "knn", "kNN")):
-        ax.bar([i + shift for i in x], [100 * s[f"{key}_mean"] for s in summary], 0.4, label=label,
-               yerr=[100 * s[f"{key}_std"] for s in summary], capsize=2)
-    low = min(100 * min(s["linear_mean"], s["knn_mean"]) for s in summary)
-    ax.set_ylim(max(0.0, low - 5), 100)
-    ax.set_xticks(list(x), names, rotation=45, ha="right")
-    ax.set_ylabel("top-1 (%)")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def grid_cells(requested: list[str], costs: dict[str, float], equal_compute: bool) -> list[str]:
+    """The floors first, then the requested cells, then the equal-cost base cells they need."""
+    names = [f for f in FLOORS if f not in requested] + list(requested)
+    if equal_compute:
+        for name in requested:
+            equal = equal_cost_name(cell_named(name), costs)
+            if equal and equal not in names:
+                names.append(equal)
+    return names
 
 
 def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record: Path, diagnose: str, section: str,
-             collect_only: bool, data_dir: str | None, command: str, log: Callable[[str], None] = print) -> None:
-    """The results grid: cells x seeds at a fixed budget, plus the raw-pixel and random-encoder floors
-    (`sharpshift bench accuracy`); rewrites the doc's section and, for the default budget, the README table."""
+             collect_only: bool, data_dir: str | None, command: str, equal_compute: bool = True,
+             log: Callable[[str], None] = print) -> None:
+    """The results grid: cells x seeds at a fixed budget with the floors and the equal-cost base cells;
+    rewrites the doc's section (table, paired comparisons, learning curves, diagnostics) and, for the default
+    budget, the README table."""
     from sharpshift.config import list_configs
 
-    if budget not in BUDGETS:
-        raise UserError(f"unknown budget {budget!r}; use one of {sorted(BUDGETS)}")
-    names = [c for c in cells.split(",") if c]
-    unknown = [n for n in names if cell_named(n).config not in list_configs()]
+    overrides = budget_overrides(budget)
+    requested = [c for c in cells.split(",") if c]
+    unknown = [n for n in requested if cell_named(n).config not in list_configs()]
     if unknown:
         raise UserError(f"unknown cell(s) {', '.join(unknown)}; use shipped config names (sharpshift configs)")
     wanted = [] if diagnose == "none" else [d for d in diagnose.split(",") if d]
     if any(d not in DIAGNOSTICS for d in wanted):
         raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
-    seed_list = [int(s) for s in seeds.split(",") if s]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2") from None
     extra = [f"data.data_dir={data_dir}"] if data_dir else []
+    expected = fingerprint([*overrides, *extra])
+    costs = step_costs()
+    names = grid_cells(requested, costs, equal_compute)
     rows, missing = [], []
     for name in names:
         for seed in seed_list:
             if collect_only:
                 row = recorded_row(name, seed, record / budget)
                 if row:
+                    check_row(row, expected, record / budget / name / f"seed{seed}.json")
                     rows.append(refresh_headlines(row, root / budget))
                 else:
                     missing.append(f"{name} seed {seed}")
                 continue
-            rows.append(run_cell(cell_named(name), seed, BUDGETS[budget] + extra, root / budget,
-                                 record=record / budget, diagnostics=wanted))
-            log(json.dumps(rows[-1]))
-    rows += floors(BUDGETS[budget] + extra, seed_list, root / budget)
+            rows.append(run_cell(cell_named(name), seed, overrides, root / budget, extra,
+                                 record=record / budget, diagnostics=wanted, log=log))
+            log(json.dumps({k: rows[-1][k] for k in ("cell", "seed", *EVAL_FIGURES)}))
     (root / budget).mkdir(parents=True, exist_ok=True)
     (root / budget / "results.json").write_text(json.dumps(rows, indent=2))
+    if rows:
+        write_section(rows, missing, names, costs, budget, doc, section, wanted, diagnose, command, expected)
+
+
+def write_section(rows, missing, names, costs, budget, doc, section, wanted, diagnose, command, expected) -> None:
     name = section or f"grid-{budget}"
-    summary = summarise(rows)
-    table = render_table(summary)
+    summary = grid_tables.summarise(rows)
+    table = grid_tables.render_table(summary)
     plot = doc.parent / "results" / f"{name}.png"
-    render_plot(summary, plot)
-    diagnostics = "" if diagnose == "none" else render_diagnostics(rows, wanted)
-    body = (f"Command: `{command}`\n\n" + table + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
-            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "") + diagnostics)
-    replace_section(doc, name, body)
+    grid_tables.render_plot(summary, plot)
+    curves = doc.parent / "results" / f"{name}_curves.png"
+    has_curves = render_curves(rows, curves)
+    shown = wanted or list(DIAGNOSTICS)
+    diagnostics = "" if diagnose == "none" else grid_tables.render_diagnostics(rows, shown)
+    paired = render_comparisons(compare(rows, comparisons(names, costs)))
+    body = (f"Command: `{command}` (protocol {expected})\n\n" + table
+            + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
+            + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "")
+            + (f"\n**Paired comparisons**: {paired}" if paired else "")
+            + (f"\n![kNN on the validation hold-out per epoch, mean over seeds](results/{curves.name})\n"
+               if has_curves else "")
+            + diagnostics)
+    grid_tables.replace_section(doc, name, body)
     readme = Path("README.md")
     if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
-        replace_section(readme, "readme-results", table)  # the README's table is the demo budget's
+        grid_tables.replace_section(readme, "readme-results", table)  # the README's table is the demo budget's

@@ -42,7 +42,7 @@ class DataConfig:
     batch_size: int = 256  # per process
     subset: int = 0  # train on a seeded random subset of this many images (0 = all)
     test_subset: int = 0  # evaluate on a subset of the test split (0 = all)
-    val_fraction: float = 0.0  # hold out this share of the train split (fixed, seeded) for every choice
+    val_fraction: float = 0.1  # hold out this share of the train split (fixed, seeded) for every choice; 0: none
     on_bad_image: str = "skip"  # image folders: skip (and count) or fail on unreadable files
 
 

@@ -47,13 +47,15 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, bf16:
     knn = knn_top1(f_train, train.labels, f_test, test.labels, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
     result = {"linear_top1": float(probe.top1), "linear_train_top1": float(probe.train_top1), "knn_top1": float(knn),
               "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
-              "train_size": len(train), "test_size": len(test), "feature_dim": int(f_train.shape[1])}
+              "train_size": len(train), "test_size": len(test), "feature_dim": int(f_train.shape[1]),
+              "splits": {"probe_train": train.digest(), "test": test.digest()}}
     if val is not None:  # the same fitted probe and kNN memory, scored on the hold-out
         f_val = extract_features(backbone, val.images, **kw)
         result.update(val_linear_top1=float((probe.predict(f_val) == val.labels.to(f_val.device)).float().mean()),
                       val_knn_top1=float(knn_top1(f_train, train.labels, f_val, val.labels, k=cfg.eval.knn_k,
                                                   temperature=cfg.eval.knn_temperature)),
                       val_size=len(val))
+        result["splits"]["val"] = val.digest()
     result["eval_seconds"] = round(time.time() - t0, 1)
     return result
 
