@@ -61,7 +61,9 @@ CELLS = {c.name: c for c in [
     Cell("rsa-simclr", "rsa-simclr", base="simclr", cost=("rsa",)),
     Cell("rsa-byol", "rsa-byol", base="byol", cost=("rsa",)),
     Cell("byol-aa", "byol-aa", base="byol", cost=("rsa",)),  # RSA's baseline: its views, no weighting
-    *[Cell(f"amcl-{m}", f"amcl-{m}", base=m, cost=("amcl",))
+    # without the shipped configs' grad clip 1.0 (the official form's safeguard), which the base cells lack:
+    # the adaptive form's temperatures are interior, and the comparison then changes one thing
+    *[Cell(f"amcl-{m}", f"amcl-{m}", ["optim.grad_clip=0"], base=m, cost=("amcl",))
       for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
     # DSA with the documented default prior: an earlier SimCLR run (the grid trains it once per budget)
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True, base="simclr", cost=("dsa",)),
