@@ -1,4 +1,5 @@
 """The benchmark machinery (not the benchmarks): grid resume, statistics, table rendering."""
+import json
 import statistics
 from pathlib import Path
 
@@ -70,6 +71,21 @@ def test_recorded_row_is_reused_without_a_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sharpshift.train, "pretrain", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rerun")))
     again = grid.run_cell(cell, 0, TINY, tmp_path / "runs", record=tmp_path / "rec")
     assert again["linear_top1"] == row["linear_top1"] and "run_dir" not in again
+
+
+def test_row_and_run_folder_from_another_protocol_are_made_again(tmp_path):
+    cell, runs, rec = grid.Cell("simclr", "simclr"), tmp_path / "runs", tmp_path / "rec"
+    first = grid.run_cell(cell, 0, TINY, runs, record=rec)
+    row_file = rec / "simclr" / "seed0.json"
+    old = json.loads(row_file.read_text())
+    old.update(protocol="0123456789ab", linear_top1=-1.0)
+    row_file.write_text(json.dumps(old))
+    (runs / "simclr" / "seed0" / grid.GRID_FILE).write_text(json.dumps({"protocol": "0123456789ab"}))
+    logged = []
+    again = grid.run_cell(cell, 0, TINY, runs, record=rec, log=logged.append)
+    assert again["protocol"] == first["protocol"] and again["linear_top1"] != -1.0
+    assert json.loads(row_file.read_text())["protocol"] == first["protocol"]
+    assert len(logged) == 1 and "0123456789ab" in logged[0] and "made again" in logged[0]
 
 
 def test_dsa_cells_share_one_prior_run_and_supervised_cell_trains_with_labels(tmp_path, monkeypatch):
@@ -202,7 +218,8 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
     assert result.exit_code == 0, result.output
     text = doc.read_text()
     assert "| simclr | 1 | 80.00 | 70.00 | - | - | 5 |" in text and "simclr seed 1" in text.split("Not run (yet)")[1]
-    assert "| simclr | random-encoder | against the floor | 0 | +5.00 | +5.00 | one seed | -1.00 |" in text
+    floors = text.split("**Against the floors, paired**")[1]
+    assert "| simclr | random-encoder | against the floor | 0 | +5.00 | +5.00 | one seed | -1.00 |" in floors
     assert (tmp_path / "docs" / "results" / "grid-reduced.png").stat().st_size > 1000
     assert not (tmp_path / "runs" / "reduced" / "simclr").exists()  # nothing was trained
     assert "**discriminability**" in text and "| simclr | 1 | 0.25 |" in text  # recorded diagnostics by default

@@ -24,7 +24,7 @@ from sharpshift import plugins
 from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import read_curve, render_curves
 from sharpshift.bench.floors import FLOORS, evaluate_floor
-from sharpshift.bench.paired import Comparison, compare, render_comparisons
+from sharpshift.bench.paired import Comparison, Metric, compare, render_comparisons
 from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint, protocol_config
 from sharpshift.config import METHOD_DEFAULTS, load_config
 from sharpshift.errors import UserError
@@ -33,7 +33,7 @@ from sharpshift.train import RUN_DIR_ENV
 BENCHMARKS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.json"  # `bench speed`'s step-time ratios
 GRID_FILE = "grid.json"  # in a run folder: the protocol fingerprint it was trained under
 EQUAL_COST = "@"  # "simclr@1.3x"
-FLOOR_REFERENCE = "random-encoder"  # every cell is paired against this floor
+README_BUDGET = "reduced"  # the budget whose base-method table the README shows (3 seeds of every base method)
 
 
 @dataclass
@@ -82,6 +82,18 @@ DIAGNOSTICS = {  # name: (command, arguments after RUN_DIR, the JSON it writes)
     # 1000 corrupted test images per (corruption, severity), 500 attacked ones
     "robustness": (["evaluate", "--robustness"], ["robustness.test_subset=1000", "robustness.adversarial_subset=500"],
                    "robustness.json"),
+}
+
+
+# the diagnostics' figures compared seed by seed (add-on against base), as the accuracies are
+PAIRED_FIGURES = {
+    "sharpness": (Metric("Hessian trace", ("diagnostics", "sharpness", "hessian_trace")),
+                  Metric("top eigenvalue", ("diagnostics", "sharpness", "hessian_top_eigenvalue")),
+                  Metric("SAM-sharpness 0.05", ("diagnostics", "sharpness", "sam_sharpness", "0.05"))),
+    "discriminability": (Metric("crowding", ("diagnostics", "discriminability", "crowding")),
+                         Metric("variance ratio", ("diagnostics", "discriminability", "variance_ratio"))),
+    "robustness": (Metric("corrupted top-1 (pts)", ("diagnostics", "robustness", "mean_corruption_top1"), 100.0),
+                   Metric("relative mCE vs SimCLR", ("diagnostics", "robustness", "relative_mce_vs_simclr"))),
 }
 
 
@@ -267,7 +279,8 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
 
 def comparisons(names: list[str], costs: dict[str, float]) -> list[Comparison]:
     """Each add-on against its base at equal epochs and, where its cell is in the grid, at equal cost; every
-    trained cell against the random-encoder floor."""
+    trained cell against both floors (the random encoder is the higher linear floor, raw pixels the higher
+    kNN floor on Fashion-MNIST)."""
     out = []
     for name in names:
         cell = cell_named(name)
@@ -277,8 +290,9 @@ def comparisons(names: list[str], costs: dict[str, float]) -> list[Comparison]:
             if equal in names:
                 out.append(Comparison(name, equal, f"equal cost (x{equal.rsplit(EQUAL_COST, 1)[1][:-1]})"))
     for name in names:
-        if cell_named(name).kind != "floor" and FLOOR_REFERENCE in names:
-            out.append(Comparison(name, FLOOR_REFERENCE, "against the floor"))
+        for floor in FLOORS:
+            if cell_named(name).kind != "floor" and floor in names:
+                out.append(Comparison(name, floor, "against the floor"))
     return out
 
 
@@ -347,15 +361,26 @@ def write_section(rows, missing, names, costs, budget, doc, section, wanted, dia
     has_curves = render_curves(rows, curves)
     shown = wanted or list(DIAGNOSTICS)
     diagnostics = "" if diagnose == "none" else grid_tables.render_diagnostics(rows, shown)
-    paired = render_comparisons(compare(rows, comparisons(names, costs)))
+    pairs = comparisons(names, costs)
+    against_base = [c for c in pairs if c.b not in FLOORS]
+    paired = render_comparisons(compare(rows, against_base))
+    floors = render_comparisons(compare(rows, [c for c in pairs if c.b in FLOORS]))
+    for diag in ([] if diagnose == "none" else shown):
+        table = render_comparisons(compare(rows, against_base, PAIRED_FIGURES[diag]), unit="the figure's units",
+                                   digits=4)
+        diagnostics += f"\n**{diag}, paired**: {table}" if table else ""
     body = (f"Command: `{command}` (protocol {expected})\n\n" + table
             + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
             + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "")
-            + (f"\n**Paired comparisons**: {paired}" if paired else "")
+            + (f"\n**Add-ons against their bases, paired**: {paired}" if paired else "")
+            + (f"\n**Against the floors, paired**: {floors}" if floors else "")
             + (f"\n![kNN on the validation hold-out per epoch, mean over seeds](results/{curves.name})\n"
                if has_curves else "")
             + diagnostics)
     grid_tables.replace_section(doc, name, body)
     readme = Path("README.md")
-    if budget == "default" and readme.is_file() and "<!-- readme-results:start -->" in readme.read_text():
-        grid_tables.replace_section(readme, "readme-results", table)  # the README's table is the demo budget's
+    if (budget == README_BUDGET and not section and readme.is_file()
+            and "<!-- readme-results:start -->" in readme.read_text()):  # the base methods and the floors
+        shown_cells = {*FLOORS, *METHOD_DEFAULTS}
+        grid_tables.replace_section(readme, "readme-results", f"`{command}` (protocol {expected})\n\n"
+                                    + grid_tables.render_table([s for s in summary if s["cell"] in shown_cells]))

@@ -14,7 +14,24 @@ from dataclasses import dataclass
 from scipy import stats
 
 CONFIDENCE = 0.95
-METRICS = (("linear_top1", "linear"), ("knn_top1", "kNN"))
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    path: tuple[str, ...]  # keys into a row: ("knn_top1",), ("diagnostics", "sharpness", "hessian_trace")
+    scale: float = 1.0  # 100: top-1 fractions as points
+
+    def of(self, row: dict) -> float | None:
+        value = row
+        for key in self.path:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return None if value is None else self.scale * float(value)
+
+
+ACCURACY = (Metric("linear", ("linear_top1",), 100.0), Metric("kNN", ("knn_top1",), 100.0))
 
 
 @dataclass(frozen=True)
@@ -59,40 +76,40 @@ def by_seed(rows: list[dict]) -> dict[str, dict[int, dict]]:
     return out
 
 
-def compare(rows: list[dict], comparisons: list[Comparison]) -> list[tuple[Comparison, list[int], dict]]:
-    """For each comparison whose cells share seeds: (it, the seeds, {metric: Interval in points})."""
+def compare(rows: list[dict], comparisons: list[Comparison], metrics: tuple[Metric, ...] = ACCURACY
+            ) -> list[tuple[Comparison, list[int], dict]]:
+    """For each comparison whose cells share seeds with every metric: (it, the seeds, {label: Interval})."""
     cells = by_seed(rows)
     out = []
     for c in comparisons:
-        seeds = sorted(set(cells.get(c.a, {})) & set(cells.get(c.b, {})))
-        if not seeds:
-            continue
-        intervals = {key: paired_interval([100 * (cells[c.a][s][key] - cells[c.b][s][key]) for s in seeds])
-                     for key, _ in METRICS}
-        out.append((c, seeds, intervals))
+        a, b = cells.get(c.a, {}), cells.get(c.b, {})
+        seeds = sorted(s for s in set(a) & set(b) if all(m.of(a[s]) is not None and m.of(b[s]) is not None
+                                                         for m in metrics))
+        if seeds:
+            out.append((c, seeds, {m.label: paired_interval([m.of(a[s]) - m.of(b[s]) for s in seeds])
+                                   for m in metrics}))
     return out
 
 
-def _fmt(x: float) -> str:
-    return f"{x:+.2f}"
-
-
-def render_comparisons(results: list[tuple[Comparison, list[int], dict]]) -> str:
-    """The paired table: per-seed differences (points), mean, 95% t interval and verdict, per metric."""
+def render_comparisons(results: list[tuple[Comparison, list[int], dict]], unit: str = "points of top-1 on the "
+                       "test split", digits: int = 2) -> str:
+    """The paired table: per-seed differences, mean, 95% t interval and verdict, per metric."""
     if not results:
         return ""
-    lines = [f"{len(results)} comparisons x {len(METRICS)} metrics, differences a - b in points of top-1 on the "
-             "test split, paired by seed; 95% Student-t interval over seeds, not adjusted for the number of "
-             "comparisons; *higher*/*lower* only where the interval excludes 0.\n",
+    labels = list(results[0][2])
+    fmt = lambda x: f"{x:+.{digits}f}"  # noqa: E731
+    lines = [f"{len(results)} comparisons x {len(labels)} metrics; differences a - b in {unit}, paired by seed; "
+             "95% Student-t interval over seeds, not adjusted for the number of comparisons; *higher*/*lower* "
+             "only where the interval excludes 0.\n",
              "| a | b | compared at | seeds | " + " | ".join(f"{m}: per seed | {m}: mean [95% CI] | {m}"
-                                                          for _, m in METRICS) + " |",
-             "|---" * (4 + 3 * len(METRICS)) + "|"]
+                                                          for m in labels) + " |",
+             "|---" * (4 + 3 * len(labels)) + "|"]
     for c, seeds, intervals in results:
         cols = []
-        for key, _ in METRICS:
-            iv = intervals[key]
-            ci = f"{_fmt(iv.mean)} [{_fmt(iv.low)}, {_fmt(iv.high)}]" if len(seeds) > 1 else _fmt(iv.mean)
+        for label in labels:
+            iv = intervals[label]
+            ci = f"{fmt(iv.mean)} [{fmt(iv.low)}, {fmt(iv.high)}]" if len(seeds) > 1 else fmt(iv.mean)
             verdict = f"*{iv.verdict}*" if iv.verdict in ("higher", "lower") else iv.verdict
-            cols += [" / ".join(_fmt(d) for d in iv.diffs), ci, verdict]
+            cols += [" / ".join(fmt(d) for d in iv.diffs), ci, verdict]
         lines.append(f"| {c.a} | {c.b} | {c.kind} | {','.join(map(str, seeds))} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"

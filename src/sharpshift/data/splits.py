@@ -7,6 +7,8 @@ probe's training set.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from sharpshift.data.base import ImageDataset
@@ -16,11 +18,11 @@ VAL_SEED = 20261201  # fixed: the split must be the same for every run and every
 
 
 def val_indices(n: int, fraction: float) -> torch.Tensor:
-    """Sorted indices of the validation images among n training images (empty when fraction is 0)."""
+    """Sorted indices of the validation images among n training images (empty when n * fraction rounds to 0)."""
     count = int(round(n * fraction))
-    if fraction > 0 and not 0 < count < n:
+    if count >= n:
         raise UserError(f"data.val_fraction={fraction} holds out {count} of {n} images; use a fraction that "
-                        "leaves both splits non-empty")
+                        "leaves training images")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
     return perm[:count].sort().values
 
@@ -30,6 +32,10 @@ def split_validation(train: ImageDataset, fraction: float) -> tuple[ImageDataset
     if fraction <= 0:
         return train, None
     held = val_indices(len(train), fraction)
+    if len(held) == 0:  # a handful of images: no hold-out rather than an error on the default setting
+        warnings.warn(f"data.val_fraction={fraction} of {len(train)} images holds out none; no validation "
+                      "split (and no kNN monitor)", stacklevel=2)
+        return train, None
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[held] = False
     return train.select(keep.nonzero().squeeze(1)), train.select(held)
