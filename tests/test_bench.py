@@ -212,6 +212,7 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
         (tmp_path / "rec" / "reduced" / r["cell"]).mkdir(parents=True)
         (tmp_path / "rec" / "reduced" / r["cell"] / "seed0.json").write_text(json.dumps(r))
     doc = tmp_path / "docs" / "results.md"
+    (tmp_path / "README.md").write_text("# x\n<!-- readme-results:start -->\nold\n<!-- readme-results:end -->\n")
     result = CliRunner().invoke(app, ["bench", "accuracy", "--collect-only", "--budget", "reduced", "--cells", "simclr",
                                       "--seeds", "0,1", "--record", str(tmp_path / "rec"), "--root",
                                       str(tmp_path / "runs"), "--doc", str(doc)])
@@ -221,6 +222,8 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
     floors = text.split("**Against the floors, paired**")[1]
     assert "| simclr | random-encoder | against the floor | 0 | +5.00 | +5.00 | one seed | -1.00 |" in floors
     assert (tmp_path / "docs" / "results" / "grid-reduced.png").stat().st_size > 1000
+    readme = (tmp_path / "README.md").read_text()  # the README next to the doc's folder gets the base methods
+    assert "old" not in readme and "| simclr | 1 | 80.00 | 70.00 | - | - | 5 |" in readme
     assert not (tmp_path / "runs" / "reduced" / "simclr").exists()  # nothing was trained
     assert "**discriminability**" in text and "| simclr | 1 | 0.25 |" in text  # recorded diagnostics by default
     result = CliRunner().invoke(app, ["bench", "accuracy", "--collect-only", "--budget", "reduced", "--cells", "simclr",

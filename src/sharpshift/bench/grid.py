@@ -366,9 +366,9 @@ def write_section(rows, missing, names, costs, budget, doc, section, wanted, dia
     paired = render_comparisons(compare(rows, against_base))
     floors = render_comparisons(compare(rows, [c for c in pairs if c.b in FLOORS]))
     for diag in ([] if diagnose == "none" else shown):
-        table = render_comparisons(compare(rows, against_base, PAIRED_FIGURES[diag]), unit="the figure's units",
-                                   digits=4)
-        diagnostics += f"\n**{diag}, paired**: {table}" if table else ""
+        figures = render_comparisons(compare(rows, against_base, PAIRED_FIGURES[diag]), unit="the figure's units",
+                                     digits=4)
+        diagnostics += f"\n**{diag}, paired**: {figures}" if figures else ""
     body = (f"Command: `{command}` (protocol {expected})\n\n" + table
             + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
             + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "")
@@ -378,7 +378,7 @@ def write_section(rows, missing, names, costs, budget, doc, section, wanted, dia
                if has_curves else "")
             + diagnostics)
     grid_tables.replace_section(doc, name, body)
-    readme = Path("README.md")
+    readme = doc.resolve().parent.parent / "README.md"  # docs/results.md -> the repository's README
     if (budget == README_BUDGET and not section and readme.is_file()
             and "<!-- readme-results:start -->" in readme.read_text()):  # the base methods and the floors
         shown_cells = {*FLOORS, *METHOD_DEFAULTS}
