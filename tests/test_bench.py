@@ -88,18 +88,20 @@ def test_row_and_run_folder_from_another_protocol_are_made_again(tmp_path):
     assert len(logged) == 1 and "0123456789ab" in logged[0] and "made again" in logged[0]
 
 
-def test_dsa_cells_share_one_prior_run_and_supervised_cell_trains_with_labels(tmp_path, monkeypatch):
+def test_dsa_cells_use_the_same_seeds_simclr_run_as_prior_and_supervised_cell_trains_with_labels(tmp_path,
+                                                                                                    monkeypatch):
     import yaml
 
     trained = []
     real_train = grid._train
     monkeypatch.setattr(grid, "_train", lambda cell, ov, d, p: (trained.append(cell.name), real_train(cell, ov, d, p)))
-    grid.run_cell(grid.CELLS["dsa-simclr"], 0, TINY, tmp_path)
-    grid.run_cell(grid.CELLS["dsa-byol"], 0, TINY, tmp_path)
-    assert trained == ["dsa-prior", "dsa-simclr", "dsa-byol"]  # the prior is trained once per budget
+    grid.run_cell(grid.CELLS["dsa-simclr"], 0, TINY, tmp_path, record=tmp_path / "rec")
+    grid.run_cell(grid.CELLS["dsa-byol"], 0, TINY, tmp_path, record=tmp_path / "rec")
+    assert trained == ["simclr", "dsa-simclr", "dsa-byol"]  # the prior is the SimCLR cell, trained once
+    assert (tmp_path / "rec" / "simclr" / "seed0.json").is_file()  # ... and recorded as that cell's row
     for name in ("dsa-simclr", "dsa-byol"):
         cfg = yaml.safe_load((tmp_path / name / "seed0" / "config.yaml").read_text())
-        assert cfg["dsa"]["enabled"] and Path(cfg["dsa"]["prior_path"]) == tmp_path / "dsa-prior"
+        assert cfg["dsa"]["enabled"] and Path(cfg["dsa"]["prior_path"]) == tmp_path / "simclr" / "seed0"
     row = grid.run_cell(grid.CELLS["supervised"], 0, TINY, tmp_path)
     arch = (tmp_path / "supervised" / "seed0" / "backbone.json").read_text()
     assert '"supervised"' in arch and 0 <= row["linear_top1"] <= 1

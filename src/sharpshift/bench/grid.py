@@ -42,7 +42,7 @@ class Cell:
     config: str
     overrides: list[str] = field(default_factory=list)
     kind: str = "pretrain"  # or "supervised" (`sharpshift supervised CONFIG`), or "floor" (nothing trained)
-    needs_prior: bool = False  # DSA with prior=checkpoint: the grid trains one prior run per budget
+    needs_prior: bool = False  # DSA with prior=checkpoint: the prior is the same seed's SimCLR cell
     base: str | None = None  # an add-on cell: the base cell it is compared with
     cost: tuple[str, ...] = ()  # `bench speed` cases whose step-time ratios multiply to its cost over the base
     steps_scale: float = 1.0  # an equal-cost base cell: the budget's steps times this
@@ -65,13 +65,13 @@ CELLS = {c.name: c for c in [
     # the adaptive form's temperatures are interior, and the comparison then changes one thing
     *[Cell(f"amcl-{m}", f"amcl-{m}", ["optim.grad_clip=0"], base=m, cost=("amcl",))
       for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
-    # DSA with the documented default prior: an earlier SimCLR run (the grid trains it once per budget)
+    # DSA with the documented default prior, an earlier SimCLR run: the SimCLR cell of the same seed (same
+    # pretraining images and budget; its training is not counted in DSA's cost)
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True, base="simclr", cost=("dsa",)),
     Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True, base="byol", cost=("dsa",)),
     Cell("supervised", "simclr", kind="supervised"),
 ]}
-# the DSA prior: a SimCLR run on another subset draw (seed 100), trained once per budget, never evaluated
-PRIOR_CELL = Cell("dsa-prior", "simclr", ["seed=100", "eval.after_training=false"])
+PRIOR = "simclr"  # the cell whose run folder of the same seed is DSA's prior
 # `diagnose` sub-commands the grid can run on a finished cell, with the arguments it uses (cheap settings:
 # no landscapes, no t-SNE; run the command yourself on a run folder for the pictures). Sharpness is measured
 # on the plain SimCLR views for every cell, so that a method's own views do not enter its flatness.
@@ -158,7 +158,7 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
             overrides = [*budget, *extra]
             if cell.steps_scale != 1.0:
                 overrides += scaled_budget(overrides, cell.steps_scale)
-            prior = [f"dsa.prior_path={train_prior(budget, root, extra)}"] if cell.needs_prior else []
+            prior = [f"dsa.prior_path={prior_run(seed, budget, root, extra, record, log)}"] if cell.needs_prior else []
             _train(cell, [*overrides, *cell.overrides, *prior, f"seed={seed}"], run_dir, expected)
         row = collect(run_dir, cell, seed, expected)
     missing = [d for d in diagnostics if d not in row.get("diagnostics", {})]
@@ -212,13 +212,15 @@ def _train(cell: Cell, overrides: list[str], run_dir: Path, protocol: str) -> No
     (run_dir / GRID_FILE).write_text(json.dumps({"protocol": protocol, "overrides": overrides}, indent=2))
 
 
-def train_prior(budget: list[str], root: Path, extra: list[str]) -> Path:
-    run_dir = root / PRIOR_CELL.name
-    expected = fingerprint([*budget, *extra])
-    grid_file = run_dir / GRID_FILE
-    if not (grid_file.is_file() and json.loads(grid_file.read_text()).get("protocol") == expected
-            and (run_dir / "backbone.safetensors").is_file()):
-        _train(PRIOR_CELL, [*budget, *extra, *PRIOR_CELL.overrides], run_dir, expected)
+def prior_run(seed: int, budget: list[str], root: Path, extra: list[str], record: Path | None,
+              log: Callable[[str], None]) -> Path:
+    """The same seed's SimCLR run folder, run first when the grid has none (its row is recorded like any)."""
+    run_dir = root / PRIOR / f"seed{seed}"
+    if not finished(run_dir, fingerprint([*budget, *extra])):
+        if record and recorded_row(PRIOR, seed, record):  # the row came from elsewhere: remake only the folder
+            _train(CELLS[PRIOR], [*budget, *extra, f"seed={seed}"], run_dir, fingerprint([*budget, *extra]))
+        else:
+            run_cell(CELLS[PRIOR], seed, budget, root, extra, record=record, log=log)
     return run_dir
 
 
