@@ -86,6 +86,12 @@ def test_row_and_run_folder_from_another_protocol_are_made_again(tmp_path):
     assert again["protocol"] == first["protocol"] and again["linear_top1"] != -1.0
     assert json.loads(row_file.read_text())["protocol"] == first["protocol"]
     assert len(logged) == 1 and "0123456789ab" in logged[0] and "made again" in logged[0]
+    # a cell redefined (other overrides) is made again too, not read back under its old definition
+    clipped = grid.Cell("simclr", "simclr", ["optim.grad_clip=1.0"])
+    logged.clear()
+    redone = grid.run_cell(clipped, 0, TINY, runs, record=rec, log=logged.append)
+    assert redone["cell_spec"]["overrides"] == ["optim.grad_clip=1.0"] and "now defined as" in logged[0]
+    assert "grad_clip: 1.0" in (runs / "simclr" / "seed0" / "config.yaml").read_text()
 
 
 def test_dsa_cells_use_the_same_seeds_simclr_run_as_prior_and_supervised_cell_trains_with_labels(tmp_path,

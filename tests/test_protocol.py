@@ -118,18 +118,22 @@ def test_comparisons_pair_by_seed_and_render_the_count():
 def test_equal_cost_cells_scale_the_steps_by_the_measured_ratio():
     costs = {"sam": 1.936, "fourier": 0.991, "amcl": 1.105, "saf": 0.98}
     assert grid.equal_cost_name(grid.CELLS["ssa-clr"], costs) == "simclr@1.9x"
-    assert grid.equal_cost_name(grid.CELLS["amcl-moco"], costs) == "moco@1.1x"
+    assert grid.equal_cost_name(grid.CELLS["amcl-moco"], costs) == "moco-clip@1.1x"  # its base has its grad clip
     assert grid.equal_cost_name(grid.CELLS["saf-simclr"], costs) is None  # rounds to 1: equal epochs is equal cost
     assert grid.equal_cost_name(grid.CELLS["mesa-simclr"], costs) is None  # not measured
     cell = grid.cell_named("simclr@1.9x")
-    assert (cell.config, cell.steps_scale) == ("simclr", 1.9)
+    assert (cell.config, cell.overrides, cell.steps_scale) == ("simclr", [], 1.9)
+    cell = grid.cell_named("moco-clip@1.1x")
+    assert (cell.config, cell.overrides, cell.steps_scale) == ("moco", ["optim.grad_clip=1.0"], 1.1)
     reduced = protocol.budget_overrides("reduced")  # 10,000 images / 256 = 39 steps, 3 epochs
     assert grid.scaled_budget(reduced, 1.9) == ["trainer.max_epochs=6", f"trainer.max_steps={round(3 * 39 * 1.9)}"]
-    names = grid.grid_cells(["simclr", "ssa-clr", "amcl-simclr"], costs, equal_compute=True)
-    assert names == ["raw-pixels", "random-encoder", "simclr", "ssa-clr", "amcl-simclr", "simclr@1.9x", "simclr@1.1x"]
+    names = grid.grid_cells(["simclr", "ssa-clr", "simclr-clip", "amcl-simclr"], costs, equal_compute=True)
+    assert names == ["raw-pixels", "random-encoder", "simclr", "ssa-clr", "simclr-clip", "amcl-simclr", "simclr@1.9x",
+                     "simclr-clip@1.1x"]
     kinds = {(c.a, c.b): c.kind for c in grid.comparisons(names, costs)}
     assert kinds[("ssa-clr", "simclr")] == "equal epochs" and kinds[("ssa-clr", "simclr@1.9x")] == "equal cost (x1.9)"
-    assert kinds[("simclr@1.1x", "random-encoder")] == kinds[("ssa-clr", "raw-pixels")] == "against the floor"
+    assert kinds[("amcl-simclr", "simclr-clip")] == "equal epochs" and ("amcl-simclr", "simclr") not in kinds
+    assert kinds[("simclr-clip@1.1x", "random-encoder")] == kinds[("ssa-clr", "raw-pixels")] == "against the floor"
     assert ("raw-pixels", "random-encoder") not in kinds
 
 

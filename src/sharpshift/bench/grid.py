@@ -61,10 +61,12 @@ CELLS = {c.name: c for c in [
     Cell("rsa-simclr", "rsa-simclr", base="simclr", cost=("rsa",)),
     Cell("rsa-byol", "rsa-byol", base="byol", cost=("rsa",)),
     Cell("byol-aa", "byol-aa", base="byol", cost=("rsa",)),  # RSA's baseline: its views, no weighting
-    # without the shipped configs' grad clip 1.0 (the official form's safeguard), which the base cells lack:
-    # the adaptive form's temperatures are interior, and the comparison then changes one thing
-    *[Cell(f"amcl-{m}", f"amcl-{m}", ["optim.grad_clip=0"], base=m, cost=("amcl",))
-      for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
+    # the shipped AMCL configs clip gradients at 1.0; their bases get the same clip (BASE-clip), so that the
+    # comparison changes one thing. amcl-simclr-noclip: without it (its temperatures collapse, docs/results.md)
+    *[c for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl") for c in (
+        Cell(f"{m}-clip", m, ["optim.grad_clip=1.0"]),
+        Cell(f"amcl-{m}", f"amcl-{m}", base=f"{m}-clip", cost=("amcl",)))],
+    Cell("amcl-simclr-noclip", "amcl-simclr", ["optim.grad_clip=0"], base="simclr", cost=("amcl",)),
     # DSA with the documented default prior, an earlier SimCLR run: the SimCLR cell of the same seed (same
     # pretraining images and budget; its training is not counted in DSA's cost)
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True, base="simclr", cost=("dsa",)),
@@ -103,10 +105,17 @@ def cell_named(name: str) -> Cell:
     base, _, scale = name.partition(EQUAL_COST)
     if scale.endswith("x"):
         try:
-            return Cell(name, base, steps_scale=float(scale[:-1]))
+            of = cell_named(base)
+            return Cell(name, of.config, list(of.overrides), steps_scale=float(scale[:-1]))
         except ValueError:
             pass
     return Cell(name, name)
+
+
+def cell_spec(cell: Cell) -> dict:
+    """What a cell trains: a recorded row whose spec differs (the cell was redefined) is made again."""
+    return {"config": cell.config, "overrides": list(cell.overrides), "kind": cell.kind,
+            "steps_scale": cell.steps_scale}
 
 
 def step_costs(path: Path = BENCHMARKS) -> dict[str, float]:
@@ -150,6 +159,10 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
     if row is not None and row.get("protocol") != expected:
         log(f"{cell.name} seed {seed}: recorded under protocol {row.get('protocol')}, now {expected}: made again")
         row = None
+    if row is not None and row.get("cell_spec", cell_spec(cell)) != cell_spec(cell):
+        log(f"{cell.name} seed {seed}: recorded as {row['cell_spec']}, now defined as {cell_spec(cell)}: made again")
+        row = None
+        shutil.rmtree(run_dir, ignore_errors=True)
     if row is None and cell.kind == "floor":
         cfg = load_config(cell.config, [*budget, *extra, f"seed={seed}"])
         row = floor_row(cell.name, seed, evaluate_floor(cell.name, cfg), expected)
@@ -266,15 +279,16 @@ EVAL_FIGURES = ("linear_top1", "knn_top1", "val_linear_top1", "val_knn_top1")
 
 
 def floor_row(name: str, seed: int, ev: dict, protocol: str) -> dict:
-    return {"cell": name, "seed": seed, "protocol": protocol, **{k: ev.get(k) for k in EVAL_FIGURES},
+    return {"cell": name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(CELLS[name]),
+            **{k: ev.get(k) for k in EVAL_FIGURES},
             "train_seconds": 0.0, "splits": ev["splits"], "diagnostics": {}}
 
 
 def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
     ev = json.loads((run_dir / "eval.json").read_text())
     tr = json.loads((run_dir / "train.json").read_text())
-    return {"cell": cell.name, "seed": seed, "protocol": protocol, **{k: ev.get(k) for k in EVAL_FIGURES},
-            "train_seconds": tr["train_seconds"], "steps": tr["steps"], "precision": tr.get("precision"),
+    return {"cell": cell.name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(cell),
+            **{k: ev.get(k) for k in EVAL_FIGURES}, "train_seconds": tr["train_seconds"], "steps": tr["steps"], "precision": tr.get("precision"),
             "cpu": tr.get("cpu"), "val_knn_curve": read_curve(run_dir),
             "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}}
 
@@ -339,7 +353,12 @@ def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record:
             if collect_only:
                 row = recorded_row(name, seed, record / budget)
                 if row:
-                    check_row(row, expected, record / budget / name / f"seed{seed}.json")
+                    row_file = record / budget / name / f"seed{seed}.json"
+                    check_row(row, expected, row_file)
+                    if row.get("cell_spec", cell_spec(cell_named(name))) != cell_spec(cell_named(name)):
+                        raise UserError(f"{name} seed {seed}: {row_file} was made as {row['cell_spec']}, the cell is "
+                                        f"now {cell_spec(cell_named(name))}; run the grid without --collect-only "
+                                        "to make it again, or leave the cell out")
                     rows.append(refresh_headlines(row, root / budget))
                 else:
                     missing.append(f"{name} seed {seed}")
