@@ -177,7 +177,7 @@ def bench_accuracy(
     cells: str = typer.Option(",".join(METHOD_DEFAULTS), help="Comma-separated cells (shipped config names)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     budget: str = typer.Option("default", help="default (5 epochs, all 54k images), reduced (10k images, 3 epochs) "
-                               "or long (all images, width 8, 12 epochs); the protocol: sharpshift.bench.protocol."),
+                               "or long (all images, width 8, 8 epochs); the protocol: sharpshift.bench.protocol."),
     root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
     record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
