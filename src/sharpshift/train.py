@@ -199,7 +199,10 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
     if cfg.eval.after_training and train.labels is not None:
         from sharpshift.evaluation.run import evaluate_run
 
-        evaluate_run(run_dir, cfg.data.data_dir)
+        try:
+            evaluate_run(run_dir, cfg.data.data_dir)
+        except UserError as e:  # e.g. no labelled test split: the trained backbone is saved, say why not evaluated
+            print(f"note: no offline evaluation: {e}", flush=True)
     if cfg.report.after_training:
         from sharpshift.report import write_report_or_warn
 
