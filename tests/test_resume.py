@@ -19,7 +19,8 @@ from sharpshift.checkpoint import LAST, load_checkpoint, step_name
 RUN = ["moco", "data.dataset=digits", "data.batch_size=64", "trainer.max_epochs=2", "model.width=8",
        "method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.queue_size=128", "trainer.precision=32",
        "trainer.num_threads=1", "trainer.progress_bar=false", "eval.knn_every_n_epochs=0",
-       "eval.after_training=false", "trainer.checkpoint_every_n_steps=5", "trainer.keep_checkpoints=10"]
+       "eval.after_training=false", "trainer.checkpoint_every_n_steps=5", "trainer.keep_checkpoints=10",
+       "data.val_fraction=0"]  # all 1,437 digits: 22 batches an epoch, as the step numbers below assume
 KILL_AT = 27  # in epoch 1 (steps 23-44), two steps after the checkpoint of step 25
 
 # The CLI, with one change: the process kills itself with SIGKILL once step KILL_AT has finished.
