@@ -64,7 +64,7 @@ CELLS = {c.name: c for c in [
     # the shipped AMCL configs clip gradients at 1.0; their bases get the same clip (BASE-clip), so that the
     # comparison changes one thing. amcl-simclr-noclip: without it (its temperatures collapse, docs/results.md)
     *[c for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl") for c in (
-        Cell(f"{m}-clip", m, ["optim.grad_clip=1.0"]),
+        Cell(f"{m}-clip", m, ["optim.grad_clip=1.0"], base=m),  # compared with its base: the clip's own effect
         Cell(f"amcl-{m}", f"amcl-{m}", base=f"{m}-clip", cost=("amcl",)))],
     Cell("amcl-simclr-noclip", "amcl-simclr", ["optim.grad_clip=0"], base="simclr", cost=("amcl",)),
     # DSA with the documented default prior, an earlier SimCLR run: the SimCLR cell of the same seed (same
