@@ -135,6 +135,7 @@ def test_equal_cost_cells_scale_the_steps_by_the_measured_ratio():
     assert kinds[("amcl-simclr", "simclr-clip")] == "equal epochs" and ("amcl-simclr", "simclr") not in kinds
     assert kinds[("simclr-clip@1.1x", "random-encoder")] == kinds[("ssa-clr", "raw-pixels")] == "against the floor"
     assert ("raw-pixels", "random-encoder") not in kinds
+    assert grid.comparisons(["simclr", "byol"], costs)[0] == Comparison("byol", "simclr", "equal epochs")
 
 
 def test_training_never_reads_the_test_split(monkeypatch, tmp_path):

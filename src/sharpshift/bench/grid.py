@@ -294,10 +294,11 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
 
 
 def comparisons(names: list[str], costs: dict[str, float]) -> list[Comparison]:
-    """Each add-on against its base at equal epochs and, where its cell is in the grid, at equal cost; every
-    trained cell against both floors (the random encoder is the higher linear floor, raw pixels the higher
-    kNN floor on Fashion-MNIST)."""
-    out = []
+    """Each base method against SimCLR; each add-on against its base at equal epochs and, where its cell is in
+    the grid, at equal cost; every trained cell against both floors (the random encoder is the higher linear
+    floor, raw pixels the higher kNN floor on Fashion-MNIST)."""
+    out = [Comparison(m, "simclr", "equal epochs") for m in METHOD_DEFAULTS  # the base methods side by side
+           if m != "simclr" and m in names and "simclr" in names]
     for name in names:
         cell = cell_named(name)
         if cell.base in names:
@@ -393,7 +394,7 @@ def write_section(rows, missing, names, costs, budget, doc, section, wanted, dia
     body = (f"Command: `{command}` (protocol {expected})\n\n" + table
             + f"\n![linear and kNN top-1 per cell](results/{plot.name})\n"
             + (f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "")
-            + (f"\n**Add-ons against their bases, paired**: {paired}" if paired else "")
+            + (f"\n**Against SimCLR and add-ons against their bases, paired**: {paired}" if paired else "")
             + (f"\n**Against the floors, paired**: {floors}" if floors else "")
             + (f"\n![kNN on the validation hold-out per epoch, mean over seeds](results/{curves.name})\n"
                if has_curves else "")
