@@ -118,6 +118,10 @@ def cell_spec(cell: Cell) -> dict:
             "steps_scale": cell.steps_scale}
 
 
+def same_spec(row: dict, cell: Cell) -> bool:
+    return row.get("cell_spec", cell_spec(cell)) == cell_spec(cell)  # rows from before specs were recorded: same
+
+
 def step_costs(path: Path = BENCHMARKS) -> dict[str, float]:
     """Each `bench speed` case's step-time ratio to its base method's plain step, measured in one process."""
     if not path.is_file():
@@ -159,7 +163,7 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
     if row is not None and row.get("protocol") != expected:
         log(f"{cell.name} seed {seed}: recorded under protocol {row.get('protocol')}, now {expected}: made again")
         row = None
-    if row is not None and row.get("cell_spec", cell_spec(cell)) != cell_spec(cell):
+    if row is not None and not same_spec(row, cell):
         log(f"{cell.name} seed {seed}: recorded as {row['cell_spec']}, now defined as {cell_spec(cell)}: made again")
         row = None
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -328,8 +332,8 @@ def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record:
              collect_only: bool, data_dir: str | None, command: str, equal_compute: bool = True,
              log: Callable[[str], None] = print) -> None:
     """The results grid: cells x seeds at a fixed budget with the floors and the equal-cost base cells;
-    rewrites the doc's section (table, paired comparisons, learning curves, diagnostics) and, for the default
-    budget, the README table."""
+    rewrites the doc's section (table, paired comparisons, learning curves, diagnostics) and, for
+    README_BUDGET's main section, the README's table of base methods and floors."""
     from sharpshift.config import list_configs
 
     overrides = budget_overrides(budget)
@@ -356,7 +360,7 @@ def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record:
                 if row:
                     row_file = record / budget / name / f"seed{seed}.json"
                     check_row(row, expected, row_file)
-                    if row.get("cell_spec", cell_spec(cell_named(name))) != cell_spec(cell_named(name)):
+                    if not same_spec(row, cell_named(name)):
                         raise UserError(f"{name} seed {seed}: {row_file} was made as {row['cell_spec']}, the cell is "
                                         f"now {cell_spec(cell_named(name))}; run the grid without --collect-only "
                                         "to make it again, or leave the cell out")
