@@ -75,6 +75,16 @@ def test_rows_from_another_protocol_are_refused_with_one_line_naming_the_cell(tm
     message = str(result.exception)
     assert "\n" not in message and message.startswith("moco seed 0:") and "0123456789ab" in message
     assert fp in message and not (tmp_path / "r.md").exists()  # nothing tabulated
+    # the same for a row made by another definition of its cell (other overrides)
+    row = json.loads((rec / "simclr" / "seed0.json").read_text())
+    row["cell_spec"] = {**grid.cell_spec(grid.cell_named("simclr")), "overrides": ["optim.lr=9"]}
+    (rec / "simclr" / "seed0.json").write_text(json.dumps(row))
+    result = CliRunner().invoke(app, ["bench", "accuracy", "--collect-only", "--budget", "reduced", "--cells",
+                                      "simclr", "--seeds", "0", "--record", str(tmp_path / "rec"), "--root",
+                                      str(tmp_path / "runs"), "--doc", str(tmp_path / "r.md")])
+    message = str(result.exception)
+    assert isinstance(result.exception, UserError) and "\n" not in message
+    assert message.startswith("simclr seed 0:") and "optim.lr=9" in message
 
 
 def test_fingerprint_follows_the_protocol_settings_and_ignores_the_data_folder():
