@@ -239,3 +239,18 @@ def test_collect_only_tabulates_recorded_rows_and_lists_the_missing(tmp_path):
                                       "--root", str(tmp_path / "runs"), "--doc", str(doc)])
     assert result.exit_code == 0, result.output
     assert "**discriminability**" not in doc.read_text()
+
+
+def test_learning_curve_read_from_metrics_and_averaged_over_seeds(tmp_path):
+    from sharpshift.bench.curves import mean_curves, read_curve, render_curves
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text(  # a resumed run logged epoch 1 twice: the later one counts
+        "epoch,step,train/loss,val/knn_top1\n0,10,5.0,\n0,19,,0.5\n1,29,,0.6\n1,29,,0.65\n2,39,4.0,0.7\n")
+    assert read_curve(tmp_path) == [0.5, 0.65, 0.7]
+    assert read_curve(tmp_path / "nothing") == []
+    rows = [{"cell": "a", "val_knn_curve": [0.5, 0.7]}, {"cell": "a", "val_knn_curve": [0.7, 0.9, 1.0]},
+            {"cell": "b", "val_knn_curve": []}]
+    assert mean_curves(rows) == {"a": pytest.approx([0.6, 0.8])}  # up to the shortest curve; b has none
+    assert render_curves(rows, tmp_path / "c.png") and (tmp_path / "c.png").stat().st_size > 1000
+    assert not render_curves(rows[2:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -46,9 +46,10 @@ def render_curves(rows: list[dict], path: Path) -> bool:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for cell, values in curves.items():
+    colours = plt.cm.tab20.colors  # 20 colours and 3 line styles: no two of up to 60 cells look alike
+    for i, (cell, values) in enumerate(curves.items()):
         ax.plot(range(1, len(values) + 1), [100 * v for v in values], marker="o" if len(values) < 8 else None,
-                markersize=3, label=cell)
+                markersize=3, label=cell, color=colours[i % 20], linestyle=("-", "--", ":")[i // 20 % 3])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN top-1, validation hold-out (%)\nmemory: 5,000 pretraining images")
