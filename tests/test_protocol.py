@@ -161,8 +161,7 @@ def test_training_never_reads_the_test_split(monkeypatch, tmp_path):
         reads.append(split)
         return real(name, split, *a, **k)
 
-    monkeypatch.setattr(train, "load_dataset", spy)
-    monkeypatch.setattr(registry, "load_dataset", spy)
+    monkeypatch.setattr(registry, "load_dataset", spy)  # every loader call goes through the registry
     from sharpshift.config import load_config
 
     cfg = load_config("simclr", [*TINY, "eval.after_training=false", "report.after_training=false",

@@ -17,8 +17,7 @@ from sharpshift.checkpoint import (CKPT_DIR, AtomicCheckpointIO, CheckpointEvery
                                    find_resume_checkpoint)
 from sharpshift.config import Config, to_yaml
 from sharpshift.data.loader import PretrainData, channel_stats
-from sharpshift.data.registry import load_dataset
-from sharpshift.data.splits import split_validation
+from sharpshift.data.splits import pretraining_split
 from sharpshift.errors import UserError
 from sharpshift.export import atomic_write_text, export_backbone
 from sharpshift.methods import METHODS
@@ -68,9 +67,7 @@ def prepare(cfg: Config, data_dir: str | None = None):
     hold-out (data.val_fraction=0) there is no monitor."""
     if data_dir:
         cfg.data.data_dir = data_dir
-    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
-    rest, val = split_validation(full, cfg.data.val_fraction)
-    train = rest.subset(cfg.data.subset, seed=cfg.seed)
+    train, val = pretraining_split(cfg)
     world = int(cfg.trainer.devices) * cfg.trainer.num_nodes if str(cfg.trainer.devices).isdigit() else 1
     if cfg.data.batch_size * world > len(train):
         raise UserError(f"data.batch_size={cfg.data.batch_size} x {world} process(es) is larger than the dataset "

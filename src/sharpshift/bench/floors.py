@@ -11,8 +11,7 @@ from torch import nn
 
 from sharpshift.config import Config
 from sharpshift.data.loader import channel_stats
-from sharpshift.data.registry import load_dataset
-from sharpshift.data.splits import split_validation
+from sharpshift.data.splits import pretraining_split
 from sharpshift.evaluation.run import evaluate_backbone, labelled_splits
 from sharpshift.models import build_backbone
 
@@ -28,8 +27,7 @@ def floor_backbone(name: str, cfg: Config, train) -> nn.Module:
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg.model.backbone, train.channels, cfg.model.width, cfg.model.cifar_stem)
     # the normalisation a run of this seed would use: its pretraining images' channel statistics
-    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
-    pretrain = split_validation(full, cfg.data.val_fraction)[0].subset(cfg.data.subset, seed=cfg.seed)
+    pretrain = pretraining_split(cfg)[0]
     mean, std = channel_stats(pretrain.images)
     backbone.arch = {"mean": mean, "std": std}
     backbone.pretrain_digest = pretrain.digest()

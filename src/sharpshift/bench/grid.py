@@ -141,12 +141,10 @@ def equal_cost_name(cell: Cell, costs: dict[str, float]) -> str | None:
 def scaled_budget(overrides: list[str], scale: float) -> list[str]:
     """The budget stretched to `scale` times its steps: the schedule spans the longer run and its last epoch is
     cut at the step count."""
-    from sharpshift.data.registry import load_dataset
-    from sharpshift.data.splits import split_validation
+    from sharpshift.data.splits import pretraining_split
 
     cfg = protocol_config(overrides)
-    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
-    images = len(split_validation(full, cfg.data.val_fraction)[0].subset(cfg.data.subset))
+    images = len(pretraining_split(cfg)[0])
     steps = round(cfg.trainer.max_epochs * (images // cfg.data.batch_size) * scale)
     return [f"trainer.max_epochs={math.ceil(cfg.trainer.max_epochs * scale)}", f"trainer.max_steps={steps}"]
 

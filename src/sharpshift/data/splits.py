@@ -39,3 +39,13 @@ def split_validation(train: ImageDataset, fraction: float) -> tuple[ImageDataset
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[held] = False
     return train.select(keep.nonzero().squeeze(1)), train.select(held)
+
+
+def pretraining_split(cfg) -> tuple[ImageDataset, ImageDataset | None]:
+    """A config's pretraining images (its seeded subset of the training split less the hold-out) and the
+    hold-out: what a run trains on, and what the grid's floors and equal-cost cells are computed from."""
+    from sharpshift.data.registry import load_dataset
+
+    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
+    rest, val = split_validation(full, cfg.data.val_fraction)
+    return rest.subset(cfg.data.subset, seed=cfg.seed), val
