@@ -57,20 +57,28 @@ CELLS = {c.name: c for c in [
     Cell("mesa-simclr", "mesa-simclr", base="simclr", cost=("mesa",)),
     # E=1: the trajectory term needs more than E epochs, and the reduced budget has 3
     Cell("saf-simclr", "saf-simclr", ["saf.epochs_ago=1"], base="simclr", cost=("saf",)),
+    # the long budget's SAF (8 epochs): E = 2, the term on from epoch 2 (30% of 8 and never before E)
+    Cell("saf-simclr-e2", "saf-simclr", ["saf.epochs_ago=2"], base="simclr", cost=("saf",)),
     Cell("fourier-simclr", "fourier-simclr", base="simclr", cost=("fourier",)),
     Cell("rsa-simclr", "rsa-simclr", base="simclr", cost=("rsa",)),
     Cell("rsa-byol", "rsa-byol", base="byol", cost=("rsa",)),
     Cell("byol-aa", "byol-aa", base="byol", cost=("rsa",)),  # RSA's baseline: its views, no weighting
+    Cell("rsa-byol-constant", "rsa-byol", ["rsa.schedule=constant"], base="byol", cost=("rsa",)),  # beta fixed
     # the shipped AMCL configs clip gradients at 1.0; their bases get the same clip (BASE-clip), so that the
     # comparison changes one thing. amcl-simclr-noclip: without it (its temperatures collapse, docs/results.md)
     *[c for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl") for c in (
         Cell(f"{m}-clip", m, ["optim.grad_clip=1.0"], base=m),  # compared with its base: the clip's own effect
         Cell(f"amcl-{m}", f"amcl-{m}", base=f"{m}-clip", cost=("amcl",)))],
     Cell("amcl-simclr-noclip", "amcl-simclr", ["optim.grad_clip=0"], base="simclr", cost=("amcl",)),
+    # the official v2.0 losses (their temperatures run to tau_min, docs/amcl.md), same clip as the base
+    *[Cell(f"amcl-{m}-official", f"amcl-{m}", ["amcl.form=official"], base=f"{m}-clip", cost=("amcl",))
+      for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
     # DSA with the documented default prior, an earlier SimCLR run: the SimCLR cell of the same seed (same
     # pretraining images and budget; its training is not counted in DSA's cost)
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True, base="simclr", cost=("dsa",)),
     Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True, base="byol", cost=("dsa",)),
+    *[Cell(f"dsa-{m}-official", f"dsa-{m}", ["dsa.prior=checkpoint", "dsa.form=official"], needs_prior=True,
+           base=m, cost=("dsa",)) for m in ("simclr", "byol")],  # the released relations (they reach M = 1/N)
     Cell("supervised", "simclr", kind="supervised"),
 ]}
 PRIOR = "simclr"  # the cell whose run folder of the same seed is DSA's prior

@@ -31,6 +31,9 @@ BUDGETS = {
     # results.md, "Choosing the long budget"): all 54k images, width 8, 8 epochs (1,680 steps; 12 epochs
     # gave the same accuracy)
     "long": ["model.width=8", "trainer.max_epochs=8"],
+    # SAM's setting: few images, many epochs, so that a generalisation gap (probe train vs validation) opens:
+    # 3,000 pretraining images, width 8, 40 epochs (440 steps)
+    "small": ["data.subset=3000", "model.width=8", "trainer.max_epochs=40"],
 }
 
 # what a row's numbers depend on besides the cell itself: the splits, the budget, the evaluation
