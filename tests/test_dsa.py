@@ -258,3 +258,22 @@ def test_dsa_config_errors_are_one_line():
         cfg = tiny_config("simclr", "dsa.enabled=true", *overrides)
         with pytest.raises(UserError, match=fragment):
             build_module(cfg, load_dataset("digits", "train"))
+
+
+def test_uniform_control_is_lw_with_m_one_over_n_and_s_one():
+    """dsa.form=uniform: L_w with every relation 1/N and every outlier score 1 (a loop over the pairs with those
+    weights), no regulariser, and no gradient on the adjuster (nothing is learned)."""
+    module, out, _ = _one_step("simclr", "random", "dsa.form=uniform")
+    h = [F.normalize(p.detach().double(), dim=1) for p in out.proj[:2]]
+    n, t = len(h[0]), module.cfg.dsa.temperature
+    total = 0.0
+    for a, b in ((0, 0), (1, 1), (0, 1), (1, 0)):  # the four relation pairs; weight 2 M - 1 = 2/N - 1
+        for i in range(n):
+            for j in range(n):
+                if a != b or i != j:
+                    total += math.exp(float((h[a][i] - h[b][j]).norm()) * (2.0 / n - 1) / t) / n ** 2
+    reg = module.regularisers[0]
+    assert float(out.terms["dsa_reg"]) == 0.0
+    assert reg.adjuster.first.weight.grad is None
+    assert float(reg.stats["dsa/m_max"]) == pytest.approx(1.0 / n) and float(reg.stats["dsa/s_mean"]) == 1.0
+    assert float(out.terms["dsa_w"].detach()) == pytest.approx(module.cfg.dsa.weight * math.log1p(total / 4), rel=1e-5)

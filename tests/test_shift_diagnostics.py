@@ -38,18 +38,20 @@ def test_shift_numbers_match_a_per_image_loop():
     labels = torch.randint(0, 10, (30,))
     views = lambda x: [normalise(x.flip(-1)), normalise(x)]  # noqa: E731  (view 2 is the clean image)
     r = D.semantic_shift(model, images, labels, views, repeats=2, batch_size=7)
-    shifted = flipped = 0
+    shifted = flipped = kept = 0
     dist = 0.0
     with torch.no_grad():
         for i in range(30):
             f_c, l_c = model(normalise(images[i:i + 1]))
             f_v, l_v = model(normalise(images[i:i + 1].flip(-1)))
             shifted += int(l_v.argmax() != labels[i]) + int(l_c.argmax() != labels[i])
+            kept += int(l_v.argmax() == labels[i] and l_c.argmax() == labels[i])  # both views keep the label
             flipped += int(l_v.argmax() != l_c.argmax())
             dist += float(1 - F.cosine_similarity(f_v, f_c))
     assert r["views"] == 2 * 2 * 30
     assert r["shift_rate"] == pytest.approx(shifted / 60) and r["flip_rate"] == pytest.approx(flipped / 60)
     assert r["view_distance"] == pytest.approx(dist / 30, abs=1e-5)
+    assert r["pair_kept_rate"] == pytest.approx(kept / 30) and 0 < kept < 30  # same draws on both repeats
     assert r["clean_distance"] == pytest.approx(dist / 60, abs=1e-5)
 
 

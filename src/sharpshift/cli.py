@@ -199,6 +199,25 @@ def bench_accuracy(
              log=typer.echo)
 
 
+@bench_app.command("study")
+def bench_study(
+    claims: str = typer.Option("all", help="Comma-separated claims (sharpshift.bench.study.CLAIMS: ssa, ssa-small, shift, rsa, saf, amcl-METHOD, dsa-METHOD) or all; each "
+                               "runs its arms (grid cells, resumable) and rewrites its results section."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    root: Path = typer.Option(Path("runs/grid"), help="Where the grid's run folders live (resumable)."),
+    doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose study sections are rewritten."),
+    record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
+    collect_only: bool = typer.Option(False, "--collect-only", help="Train nothing: tabulate the recorded rows."),
+    data_dir: Optional[str] = DataDir,
+) -> None:
+    """The papers' claims tested: arms, paired comparisons, mechanism checks and a verdict per claim."""
+    from sharpshift.bench.study import run_study
+
+    command = "sharpshift bench study" + (" --collect-only" if collect_only else "") + \
+        (f" --seeds {seeds}" if seeds != "0,1,2" else "")
+    run_study(claims, seeds, root, doc, record, collect_only, data_dir, command, log=typer.echo)
+
+
 def main() -> None:
     reexec_tuned()
     try:

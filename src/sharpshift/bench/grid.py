@@ -28,6 +28,7 @@ from sharpshift.bench.paired import Comparison, Metric, compare, render_comparis
 from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint, protocol_config
 from sharpshift.config import METHOD_DEFAULTS, load_config
 from sharpshift.errors import UserError
+from sharpshift.mechanisms import FILE as MECHANISMS_FILE
 from sharpshift.train import RUN_DIR_ENV
 
 BENCHMARKS = Path(__file__).resolve().parents[3] / "docs" / "benchmarks.json"  # `bench speed`'s step-time ratios
@@ -79,6 +80,9 @@ CELLS = {c.name: c for c in [
     Cell("dsa-byol", "dsa-byol", ["dsa.prior=checkpoint"], needs_prior=True, base="byol", cost=("dsa",)),
     *[Cell(f"dsa-{m}-official", f"dsa-{m}", ["dsa.prior=checkpoint", "dsa.form=official"], needs_prior=True,
            base=m, cost=("dsa",)) for m in ("simclr", "byol")],  # the released relations (they reach M = 1/N)
+    # the control: L_w with M = 1/N and s = 1 fixed (pure repulsion between all pairs), no prior needed
+    *[Cell(f"dsa-{m}-uniform", f"dsa-{m}", ["dsa.form=uniform", "dsa.prior=random"], base=m, cost=("dsa",))
+      for m in ("simclr", "byol")],
     Cell("supervised", "simclr", kind="supervised"),
 ]}
 PRIOR = "simclr"  # the cell whose run folder of the same seed is DSA's prior
@@ -203,6 +207,8 @@ def refresh_headlines(row: dict, root: Path) -> dict:
     """Re-read each diagnostic's figures from its JSON in the run folder, where the folder still exists (so
     that a change of the headline figures reaches rows recorded before it)."""
     run_dir = root / row["cell"] / f"seed{row['seed']}"
+    if (run_dir / GRID_FILE).is_file() and json.loads((run_dir / GRID_FILE).read_text()).get("protocol") == row["protocol"]:
+        row.update(run_figures(run_dir))  # rows recorded before these figures were
     for name in row.get("diagnostics", {}):
         file = run_dir / DIAGNOSTICS[name][2]
         if file.is_file():
@@ -288,6 +294,18 @@ def _record(row: dict, row_file: Path | None) -> dict:
 EVAL_FIGURES = ("linear_top1", "knn_top1", "val_linear_top1", "val_knn_top1")
 
 
+def run_figures(run_dir: Path) -> dict:
+    """The probe's accuracy on its own training images (for the generalisation gap) and each add-on's mechanism
+    summary (mechanisms.json: the figures that say whether its mechanism was on)."""
+    out = {}
+    if (run_dir / "eval.json").is_file():
+        out["linear_train_top1"] = json.loads((run_dir / "eval.json").read_text()).get("linear_train_top1")
+    if (run_dir / MECHANISMS_FILE).is_file():
+        out["mechanisms"] = {addon: entry["summary"]
+                             for addon, entry in json.loads((run_dir / MECHANISMS_FILE).read_text()).items()}
+    return out
+
+
 def floor_row(name: str, seed: int, ev: dict, protocol: str) -> dict:
     return {"cell": name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(CELLS[name]),
             **{k: ev.get(k) for k in EVAL_FIGURES},
@@ -300,7 +318,7 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
     return {"cell": cell.name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(cell),
             **{k: ev.get(k) for k in EVAL_FIGURES}, "train_seconds": tr["train_seconds"], "steps": tr["steps"], "precision": tr.get("precision"),
             "cpu": tr.get("cpu"), "val_knn_curve": read_curve(run_dir),
-            "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}}
+            "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}, **run_figures(run_dir)}
 
 
 def comparisons(names: list[str], costs: dict[str, float]) -> list[Comparison]:

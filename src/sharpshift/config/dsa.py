@@ -12,7 +12,7 @@ from sharpshift.errors import UserError
 
 PRIORS = ("checkpoint", "ema", "random")
 PAIR_NORMS = ("l1", "none")
-FORMS = ("working", "official")
+FORMS = ("working", "official", "uniform")
 
 
 @dataclass
@@ -20,7 +20,8 @@ class DSAConfig:
     enabled: bool = False
     # working (ours, the default): relations in [0, 1] from L2-normalised pair differences, trained toward the prior
     # by L_reg and used as fixed weights in L_w, so they attract as well as repel; official: the released
-    # construction (L1 over the N^2 pairs, rows summing to one), which converges to M = 1/N (docs/dsa.md)
+    # construction (L1 over the N^2 pairs, rows summing to one), which converges to M = 1/N (docs/dsa.md);
+    # uniform: the control, M = 1/N and s = 1 fixed (no adjuster, no prior): what L_w does with no relations
     form: str = "working"
     cross_view: bool = True  # M^01 from h^0_i - h^1_j (ours); false: from h^0_i - h^0_j, as the official code
     adjuster_lr: float = 3e-3  # the adjuster's own Adam (the official optimiser: Adam 3e-3, weight decay 1e-6)
@@ -44,7 +45,8 @@ class DSAConfig:
             if not ok:
                 raise UserError(message)
 
-        need(self.form in FORMS, f"unknown dsa.form {self.form!r}; use working (ours, the default) or official")
+        need(self.form in FORMS, f"unknown dsa.form {self.form!r}; use working (ours, the default), official or uniform "
+             "(the control)")
         need(self.adjuster_lr > 0 and self.adjuster_weight_decay >= 0,
              "dsa.adjuster_lr must be > 0 and dsa.adjuster_weight_decay >= 0")
         need(self.prior in PRIORS, f"unknown dsa.prior {self.prior!r}; use one of {', '.join(PRIORS)}")

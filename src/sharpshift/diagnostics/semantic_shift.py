@@ -132,18 +132,19 @@ def semantic_shift(model: ReferenceClassifier, images: torch.Tensor, labels: tor
     m, s = torch.tensor(model.arch["mean"]).view(1, -1, 1, 1), torch.tensor(model.arch["std"]).view(1, -1, 1, 1)
     shifted = flipped = n_views = 0
     view_dist = clean_dist = 0.0
-    n_pairs = 0
+    n_pairs = pairs_kept = 0
     for start in range(0, len(images), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         f_clean, logits = model(_normalise(x, m, s))
         pred_clean = logits.argmax(1)
         for _ in range(repeats if views is not None else 1):
             vs = views(x) if views is not None else [_normalise(x, m, s)]
-            feats = []
+            feats, kept = [], torch.ones_like(y, dtype=torch.bool)
             for v in vs:
                 f, logits = model(v.contiguous())
                 pred = logits.argmax(1)
                 shifted += int((pred != y).sum())
+                kept &= pred == y
                 flipped += int((pred != pred_clean).sum())
                 n_views += len(x)
                 clean_dist += float((1 - F.cosine_similarity(f, f_clean, dim=1)).sum())
@@ -151,7 +152,10 @@ def semantic_shift(model: ReferenceClassifier, images: torch.Tensor, labels: tor
             if len(feats) >= 2:
                 view_dist += float((1 - F.cosine_similarity(feats[0], feats[1], dim=1)).sum())
                 n_pairs += len(x)
+                pairs_kept += int(kept.sum())
+    # a pair is label-preserving when the reference classifies both of its views as the image's label
     return {"shift_rate": shifted / n_views, "flip_rate": flipped / n_views,
+            "pair_kept_rate": pairs_kept / n_pairs if n_pairs else None,
             "view_distance": view_dist / n_pairs if n_pairs else 0.0, "clean_distance": clean_dist / n_views,
             "views": n_views}
 
@@ -197,9 +201,10 @@ def diagnose_views(cfg: Config, reference: Path | None, epochs: int, repeats: in
 
 
 def render_table(result: dict) -> str:
-    lines = ["| recipe | fourier | shift rate | flip rate | view distance | distance to clean |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| recipe | fourier | shift rate | flip rate | pairs label-preserving | view distance | distance to clean |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['recipe']} | {r['fourier']} | {r['shift_rate']:.4f} | {r['flip_rate']:.4f} | "
+        kept = "-" if r.get("pair_kept_rate") is None else f"{r['pair_kept_rate']:.4f}"
+        lines.append(f"| {r['recipe']} | {r['fourier']} | {r['shift_rate']:.4f} | {r['flip_rate']:.4f} | {kept} | "
                      f"{r['view_distance']:.4f} | {r['clean_distance']:.4f} |")
     return "\n".join(lines)

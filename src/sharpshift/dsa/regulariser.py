@@ -102,16 +102,23 @@ class DSARegulariser(nn.Module):
 
     def forward(self, method, ctx, out) -> dict[str, torch.Tensor]:
         c = self.cfg
-        u_orig, u0, u1 = self.prior_features(method, ctx)
-        everyone = gather_no_grad(u_orig)
-        n = len(u_orig)
-        s = good_neighbour_scores(everyone, c.neighbours, c.good_threshold)[rank() * n:(rank() + 1) * n]
-        priors = prior_relations(u0, u1, c.prior_tau)
         h = out.proj[:2]
-        relations = self.relations(h)
-        weights = relations if c.form == "official" else [m.detach() for m in relations]
-        l_w = weighted_relation_loss(h[0], h[1], weights, s, c.temperature)
-        l_reg = relation_regulariser(relations, priors)
+        if c.form == "uniform":  # the control: every relation 1/N, every sample trusted, nothing learned
+            n = len(h[0])
+            s = torch.ones(n, device=h[0].device)
+            relations = [torch.full((n, n), 1.0 / n, device=h[0].device)] * len(PAIRS)
+            l_w = weighted_relation_loss(h[0], h[1], relations, s, c.temperature)
+            l_reg = torch.zeros((), device=h[0].device)
+        else:
+            u_orig, u0, u1 = self.prior_features(method, ctx)
+            everyone = gather_no_grad(u_orig)
+            n = len(u_orig)
+            s = good_neighbour_scores(everyone, c.neighbours, c.good_threshold)[rank() * n:(rank() + 1) * n]
+            priors = prior_relations(u0, u1, c.prior_tau)
+            relations = self.relations(h)
+            weights = relations if c.form == "official" else [m.detach() for m in relations]
+            l_w = weighted_relation_loss(h[0], h[1], weights, s, c.temperature)
+            l_reg = relation_regulariser(relations, priors)
         terms = {"dsa_w": c.weight * l_w, "dsa_reg": c.reg_weight * l_reg}
         self.stats = {"dsa/s_mean": s.mean(), "dsa/m_max": max(m.detach().max() for m in relations)}
         log = getattr(method, "mechanisms", None)
@@ -130,7 +137,7 @@ class DSARegulariser(nn.Module):
             same = (labels[:, None] == labels[None]) & off
             figures["same_class_mass"] = float(m[same].sum() / m[off].sum().clamp_min(1e-30))
             figures["same_class_base_rate"] = float(same.sum() / off.sum())
-        if torch.is_grad_enabled() and h[0].requires_grad:
+        if torch.is_grad_enabled() and h[0].requires_grad and relations[0].requires_grad:
             total = terms["dsa_w"] + terms["dsa_reg"]
             through = torch.autograd.grad(total, relations, retain_graph=True, allow_unused=True)
             pairs = [(r, g) for r, g in zip(relations, through) if g is not None]

@@ -1,0 +1,300 @@
+"""`sharpshift bench study`: the five papers' claims, each tested by named grid cells at one budget.
+
+A claim names its arms (grid cells: its rows are the grid's rows, docs/grid/<budget>/, so `--collect-only`
+rebuilds every table on a fresh machine), the paired comparisons that test it (the first one or two are the
+headline: equal epochs, then equal cost), the check that its mechanism was on in these very runs, and the
+readouts its section shows. The verdict follows from the numbers by one rule (`verdict`); the docs add the
+reading around the generated sections.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sharpshift.bench import grid_tables
+from sharpshift.bench.curves import render_curves
+from sharpshift.bench.grid import PAIRED_FIGURES, cell_named, recorded_row, refresh_headlines, run_cell, same_spec
+from sharpshift.bench.paired import ACCURACY, Comparison, Interval, Metric, compare, paired_interval, \
+    render_comparisons
+from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint
+from sharpshift.errors import UserError
+
+HEADLINE = Metric("linear", ("linear_top1",), 100.0)  # the papers report linear-probe top-1 (test split)
+# the probe's accuracy on its training images less its accuracy on the validation hold-out, in points
+GAP = Metric("probe gap (train - val)", ("probe_gap",), 100.0)
+TRACE = PAIRED_FIGURES["sharpness"][0]
+TOP_EIG = PAIRED_FIGURES["sharpness"][1]
+
+
+@dataclass(frozen=True)
+class Check:
+    """The mechanism is on when a - b (per seed, paired) lies on the stated side of 0 with 95% confidence.
+    b is another cell's figure (b_cell, b_metric), the same row's (b_metric only) or a constant (value)."""
+
+    label: str
+    cell: str
+    metric: Metric
+    side: str  # "lower" or "higher"
+    b_cell: str | None = None
+    b_metric: Metric | None = None
+    value: float = 0.0
+
+    def interval(self, rows: list[dict]) -> tuple[list[int], Interval] | None:
+        cells = _by_cell(rows)
+        a, b = cells.get(self.cell, {}), cells.get(self.b_cell or self.cell, {})
+        diffs, seeds = [], []
+        for seed in sorted(a):
+            x = self.metric.of(a[seed])
+            y = self.value if self.b_metric is None else (self.b_metric.of(b[seed]) if seed in b else None)
+            if x is not None and y is not None:
+                diffs.append(x - y)
+                seeds.append(seed)
+        return (seeds, paired_interval(diffs)) if diffs else None
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str  # results section "study-KEY"
+    title: str
+    paper: str  # the claim in one sentence, with the paper's own number
+    budget: str
+    arms: tuple[str, ...]
+    headline: tuple[Comparison, ...]  # equal epochs, then (where the add-on costs more) equal cost
+    more: tuple[Comparison, ...] = ()  # the other comparisons of the section
+    check: Check | None = None  # None: on by construction (said in `by_construction`)
+    by_construction: str = ""
+    diagnose: tuple[str, ...] = ()
+    readouts: tuple[Metric, ...] = ()  # paired over the section's comparisons, besides the accuracies
+    mechanisms: tuple[str, ...] = ()  # add-ons whose mechanisms.json summaries the section tabulates
+
+
+def ee(a: str, b: str) -> Comparison:
+    return Comparison(a, b, "equal epochs")
+
+
+def ec(a: str, b: str) -> Comparison:
+    return Comparison(a, b, f"equal cost (x{b.rsplit('@', 1)[1][:-1]})")
+
+
+SAM_FLATTENS = Check("SAM lowers the Hessian trace on the reference views (sam-simclr - simclr)", "sam-simclr", TRACE,
+                     "lower", b_cell="simclr", b_metric=TRACE)
+SSA_ARMS = ("simclr", "sam-simclr", "fourier-simclr", "ssa-clr", "simclr@1.9x")
+SSA_MORE = (ee("sam-simclr", "simclr"), ec("sam-simclr", "simclr@1.9x"), ee("fourier-simclr", "simclr"),
+            ee("ssa-clr", "fourier-simclr"), ee("ssa-clr", "sam-simclr"))
+SSA_PAPER = ("SSA-CLR: minimising the feature extractor's sharpness (SAM) plus Fourier views \"remarkably boost[s] the "
+             "performance\" and gives more robust features than the baselines (the paper's tables are not public: "
+             "no number to set ours against)")
+
+CLAIMS = {c.key: c for c in [
+    Claim("ssa", "SSA-CLR, sharpness part (all 54k images)", SSA_PAPER, "long", SSA_ARMS,
+          (ee("ssa-clr", "simclr"), ec("ssa-clr", "simclr@1.9x")), SSA_MORE, SAM_FLATTENS,
+          diagnose=("sharpness",), readouts=(GAP, TRACE, TOP_EIG), mechanisms=("sam",)),
+    Claim("ssa-small", "SSA-CLR, sharpness part, small data (3,000 images, 40 epochs)", SSA_PAPER, "small", SSA_ARMS,
+          (ee("ssa-clr", "simclr"), ec("ssa-clr", "simclr@1.9x")), SSA_MORE, SAM_FLATTENS,
+          diagnose=("sharpness",), readouts=(GAP, TRACE, TOP_EIG), mechanisms=("sam",)),
+    Claim("shift", "SSA-CLR, shift part: Fourier views", "SSA-CLR: a Fourier-based augmentation \"relieve[s] the data "
+          "shift\" between ideal and practical positive pairs (no number published)", "long",
+          ("simclr", "fourier-simclr"), (ee("fourier-simclr", "simclr"),),
+          by_construction="the Fourier transform is applied to half the views (p 0.5); whether it moves pairs toward "
+          "label-preserving ones is the views diagnostic below", readouts=(GAP,)),
+    Claim("rsa", "RSA: aggressive pairs weighted early, less later", "RSA: with the same aggressive views, weighting "
+          "the aggressive pairs by a decaying beta beats a fixed beta, which beats the plain aggressive baseline "
+          "(ResNet-18, CIFAR-10, 200 epochs: 92.2 decay / 91.5 fixed / 90.3 BYOL aggr-aggr)", "long",
+          ("byol", "byol-aa", "rsa-byol-constant", "rsa-byol"),
+          (ee("rsa-byol", "byol-aa"),), (ee("rsa-byol-constant", "byol-aa"), ee("rsa-byol", "rsa-byol-constant"),
+                                         ee("byol-aa", "byol")),
+          by_construction="beta follows its schedule by construction (cosine 0.3 -> 0, or 0.3 throughout)",
+          readouts=(GAP,)),
+    Claim("saf", "SAF and MESA: sharpness-aware training at almost no cost", "SAF/MESA (supervised): SAM's accuracy "
+          "at SGD's cost (ResNet-18, CIFAR-100: SGD 78.32, SAM 80.18, SAF 80.06 at 97.6% of SGD's speed, MESA 79.79 "
+          "at 84.5%); for SSL the transfer is ours", "long",
+          ("simclr", "saf-simclr-e2", "mesa-simclr", "sam-simclr", "simclr@1.3x", "simclr@1.9x"),
+          (ee("saf-simclr-e2", "simclr"),),
+          (ee("mesa-simclr", "simclr"), ec("mesa-simclr", "simclr@1.3x"), ee("sam-simclr", "simclr"),
+           ec("sam-simclr", "simclr@1.9x"), ee("saf-simclr-e2", "sam-simclr")),
+          Check("SAF lowers the Hessian trace on the reference views (saf-simclr-e2 - simclr)", "saf-simclr-e2",
+                TRACE, "lower", b_cell="simclr", b_metric=TRACE),
+          diagnose=("sharpness",), readouts=(GAP, TRACE, TOP_EIG), mechanisms=("saf", "mesa")),
+    *[Claim(f"amcl-{m}", f"AMCL on {name}", "AMCL: several projection heads with per-pair adaptive temperatures give "
+            "consistent gains for SimCLR, MoCo and Barlow Twins (the paper's tables are not public)", "long",
+            (m, f"{m}-clip", f"amcl-{m}-official", f"amcl-{m}", f"{m}-clip@1.1x"),
+            (ee(f"amcl-{m}", f"{m}-clip"), ec(f"amcl-{m}", f"{m}-clip@1.1x")),
+            (ee(f"amcl-{m}-official", f"{m}-clip"), ee(f"amcl-{m}", f"amcl-{m}-official"), ee(f"{m}-clip", m)),
+            Check("the adaptive temperatures stay interior: share at tau_min less 0.5", f"amcl-{m}",
+                  Metric("share at tau_min", ("mechanisms", "amcl", "share_at_tau_min")), "lower", value=0.5),
+            mechanisms=("amcl",))
+      for m, name in (("simclr", "SimCLR"), ("moco", "MoCo v2"), ("barlow", "Barlow Twins"), ("simsiam", "SimSiam"))],
+    *[Claim(f"dsa-{m}", f"DSA on {name}", "DSA: learned relations that aggregate similar samples and separate "
+            "dissimilar ones relieve the crowding problem (the paper's tables are not public)", "long",
+            (m, f"dsa-{m}-uniform", f"dsa-{m}-official", f"dsa-{m}", f"{m}@1.5x", "supervised"),
+            (ee(f"dsa-{m}", m), ec(f"dsa-{m}", f"{m}@1.5x")),
+            (ee(f"dsa-{m}", f"dsa-{m}-uniform"), ee(f"dsa-{m}-official", m), ee(f"dsa-{m}-uniform", m)),
+            Check("the relations put more of their mass on same-class pairs than the base rate", f"dsa-{m}",
+                  Metric("same-class mass", ("mechanisms", "dsa", "same_class_mass")), "higher",
+                  b_metric=Metric("base rate", ("mechanisms", "dsa", "same_class_base_rate"))),
+            diagnose=("discriminability",), readouts=PAIRED_FIGURES["discriminability"], mechanisms=("dsa",))
+      for m, name in (("simclr", "SimCLR"), ("byol", "BYOL"))],
+]}
+
+
+def _by_cell(rows: list[dict]) -> dict[str, dict[int, dict]]:
+    out: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        out.setdefault(r["cell"], {})[r["seed"]] = r
+    return out
+
+
+def with_derived(row: dict) -> dict:
+    """The figures a study derives from a row: the probe's generalisation gap."""
+    if row.get("linear_train_top1") is not None and row.get("val_linear_top1") is not None:
+        return {**row, "probe_gap": row["linear_train_top1"] - row["val_linear_top1"]}
+    return row
+
+
+@dataclass
+class Outcome:
+    mechanism: str  # "on", "not shown", "not run", or "by construction"
+    mechanism_text: str
+    effect: str
+    verdict: str
+    headline: list = field(default_factory=list)
+
+
+def _ci(iv: Interval, digits: int = 2) -> str:
+    if len(iv.diffs) < 2:
+        return f"{iv.mean:+.{digits}f} (one seed)"
+    return f"{iv.mean:+.{digits}f} [{iv.low:+.{digits}f}, {iv.high:+.{digits}f}]"
+
+
+def outcome(claim: Claim, rows: list[dict]) -> Outcome:
+    """Mechanism on?, the headline effect and the verdict, by one rule: supported when the mechanism was on and
+    the headline's interval on test linear top-1 lies above 0 at equal epochs and, where the claim has an
+    equal-cost arm, at equal cost too; not supported when an interval does not; not run when rows are missing."""
+    if claim.check is None:
+        mechanism, text = "by construction", claim.by_construction
+    else:
+        found = claim.check.interval(rows)
+        if found is None:
+            mechanism, text = "not run", claim.check.label
+        else:
+            seeds, iv = found
+            mechanism = "on" if iv.verdict == claim.check.side else "not shown"
+            text = f"{claim.check.label}: {_ci(iv, 4)} over seeds {','.join(map(str, seeds))}"
+    results = compare(rows, list(claim.headline), (HEADLINE,))
+    if len(results) < len(claim.headline) or any(len(s) < 2 for _, s, _ in results):
+        return Outcome(mechanism, text, "not run (yet)", "not run (yet)")
+    effect = "; ".join(f"{c.kind}: {_ci(iv['linear'])}" for c, _, iv in results)
+    verdicts = [iv["linear"].verdict for _, _, iv in results]
+    if mechanism == "not shown":
+        verdict = "cannot be tested at our scale: the mechanism was not shown on"
+    elif all(v == "higher" for v in verdicts):
+        verdict = "supported at our scale"
+    elif verdicts[0] == "higher":
+        verdict = "supported at equal epochs, not at equal cost"
+    elif "lower" in verdicts:
+        verdict = "not supported at our scale (lower)"
+    else:
+        verdict = "not supported at our scale"
+    return Outcome(mechanism, text, effect, verdict, results)
+
+
+def study_rows(claim: Claim, seeds: list[int], root: Path, record: Path, collect_only: bool, extra: list[str],
+               log: Callable[[str], None]) -> tuple[list[dict], list[str]]:
+    overrides = budget_overrides(claim.budget)
+    expected = fingerprint([*overrides, *extra])
+    rows, missing = [], []
+    for arm in claim.arms:
+        cell = cell_named(arm)
+        for seed in seeds:
+            if collect_only:
+                row = recorded_row(arm, seed, record / claim.budget)
+                if row is None:
+                    missing.append(f"{arm} seed {seed}")
+                    continue
+                check_row(row, expected, record / claim.budget / arm / f"seed{seed}.json")
+                if not same_spec(row, cell):
+                    raise UserError(f"{arm} seed {seed}: recorded under another cell definition; run "
+                                    f"`sharpshift bench study --claims {claim.key}` to make it again")
+                row = refresh_headlines(row, root / claim.budget)
+            else:
+                row = run_cell(cell, seed, overrides, root / claim.budget, extra, record=record / claim.budget,
+                               diagnostics=list(claim.diagnose), log=log)
+            rows.append(with_derived(row))
+    return rows, missing
+
+
+def _mechanism_table(rows: list[dict], addons: tuple[str, ...]) -> str:
+    """Each add-on's mechanism summary, mean ± std over seeds (per-head lists as their mean over heads)."""
+    flat = []
+    for r in rows:
+        figures = {a: {k: (statistics.mean(v) if isinstance(v, list) and v else v) for k, v in s.items()}
+                   for a, s in r.get("mechanisms", {}).items() if a in addons}
+        flat.append({**r, "diagnostics": {f"mechanisms: {a}": s for a, s in figures.items()}})
+    return grid_tables.render_diagnostics(flat, [f"mechanisms: {a}" for a in addons])
+
+
+def render_claim(claim: Claim, rows: list[dict], missing: list[str], result: Outcome, doc: Path, command: str,
+                 protocol: str) -> str:
+    summary = grid_tables.summarise(rows)
+    plot = doc.parent / "results" / f"study-{claim.key}.png"
+    curves = doc.parent / "results" / f"study-{claim.key}_curves.png"
+    if summary:
+        grid_tables.render_plot(summary, plot)
+    has_curves = render_curves(rows, curves)
+    pairs = [*claim.headline, *claim.more]
+    paired = render_comparisons(compare(rows, pairs, ACCURACY))
+    readouts = render_comparisons(compare(rows, pairs, claim.readouts), unit="the figure's units", digits=4) \
+        if claim.readouts else ""
+    out = [f"**The paper's claim.** {claim.paper}.\n",
+           f"**Arms** ({claim.budget} budget): {', '.join(claim.arms)}. Command: `{command}` (protocol {protocol}).\n",
+           "\n" + grid_tables.render_table(summary) if summary else "",
+           f"![linear and kNN top-1 per arm](results/{plot.name})\n" if summary else "",
+           f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "",
+           f"\n**Comparisons, paired**: {paired}" if paired else "",
+           f"\n**Readouts, paired**: {readouts}" if readouts else "",
+           f"\n![kNN on the validation hold-out per epoch](results/{curves.name})\n" if has_curves else "",
+           grid_tables.render_diagnostics(rows, list(claim.diagnose)) if claim.diagnose else "",
+           _mechanism_table(rows, claim.mechanisms) if claim.mechanisms else "",
+           f"\n**Mechanism on?** {result.mechanism}: {result.mechanism_text}.\n",
+           f"\n**Headline** (test linear top-1, points): {result.effect}. **Verdict: {result.verdict}.**\n"]
+    return "".join(out)
+
+
+def render_summary(claims: list[Claim], outcomes: dict[str, Outcome]) -> str:
+    lines = ["| claim | budget | mechanism on? | effect on test linear top-1, points (paired 95% CI) | verdict |",
+             "|---|---|---|---|---|"]
+    for c in claims:
+        o = outcomes[c.key]
+        lines.append(f"| {c.title} | {c.budget} | {o.mechanism} | {o.effect} | {o.verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(keys: str, seeds: str, root: Path, doc: Path, record: Path, collect_only: bool, data_dir: str | None,
+              command: str, log: Callable[[str], None] = print) -> dict[str, Outcome]:
+    chosen = list(CLAIMS) if keys == "all" else [k for k in keys.split(",") if k]
+    unknown = [k for k in chosen if k not in CLAIMS]
+    if unknown:
+        raise UserError(f"unknown claim(s) {', '.join(unknown)}; use all or some of {', '.join(CLAIMS)}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2") from None
+    extra = [f"data.data_dir={data_dir}"] if data_dir else []
+    outcomes = {}
+    for key in chosen:
+        claim = CLAIMS[key]
+        rows, missing = study_rows(claim, seed_list, root, record, collect_only, extra, log)
+        outcomes[key] = outcome(claim, rows)
+        protocol = fingerprint([*budget_overrides(claim.budget), *extra])
+        grid_tables.replace_section(doc, f"study-{key}", render_claim(
+            claim, rows, missing, outcomes[key], doc, f"{command} --claims {key}", protocol))
+        log(f"{key}: mechanism {outcomes[key].mechanism}; {outcomes[key].effect}; {outcomes[key].verdict}")
+    if keys == "all":
+        table = render_summary(list(CLAIMS.values()), outcomes)
+        grid_tables.replace_section(doc, "study-summary", f"`{command} --claims all`\n\n" + table)
+        readme = doc.resolve().parent.parent / "README.md"
+        if readme.is_file() and "<!-- readme-study:start -->" in readme.read_text():
+            grid_tables.replace_section(readme, "readme-study", table)
+    return outcomes

@@ -1,0 +1,114 @@
+"""`bench study`: the claims' arms are real cells, the mechanism check and the verdict follow their rule on rows
+whose answer is known, and --collect-only rebuilds the sections and the summary from recorded rows."""
+import json
+
+import pytest
+
+from sharpshift.bench import study
+from sharpshift.bench.grid import CELLS, cell_named, cell_spec
+from sharpshift.bench.protocol import budget_overrides, fingerprint
+from sharpshift.config import list_configs
+from sharpshift.errors import UserError
+
+
+def row(cell, seed, linear, trace=None, train=None, budget="long", **extra):
+    r = {"cell": cell, "seed": seed, "protocol": fingerprint(budget_overrides(budget)),
+         "cell_spec": cell_spec(cell_named(cell)), "linear_top1": linear, "knn_top1": linear - 0.02,
+         "val_linear_top1": linear + 0.001, "val_knn_top1": linear - 0.01, "train_seconds": 1.0, "diagnostics": {},
+         **extra}
+    if trace is not None:
+        r["diagnostics"]["sharpness"] = {"hessian_trace": trace, "hessian_top_eigenvalue": trace / 10}
+    if train is not None:
+        r["linear_train_top1"] = train
+    return r
+
+
+def ssa_rows(ssa_gain, cost_gain, sam_trace_drop=50.0):
+    """SimCLR at 0.80 + seed noise; ssa-clr `ssa_gain` above it and `cost_gain` above simclr@1.9x."""
+    rows = []
+    for s, noise in enumerate((0.0, 0.002, -0.001)):
+        base = 0.80 + noise
+        rows += [row("simclr", s, base, trace=100.0 + s), row("sam-simclr", s, base, trace=100.0 + s - sam_trace_drop),
+                 row("fourier-simclr", s, base), row("ssa-clr", s, base + ssa_gain + 0.001 * s),
+                 row("simclr@1.9x", s, base + ssa_gain - cost_gain)]
+    return rows
+
+
+def test_every_arm_is_a_cell_of_a_shipped_config_and_every_comparison_uses_arms():
+    configs = list_configs()
+    for claim in study.CLAIMS.values():
+        for arm in claim.arms:
+            cell = cell_named(arm)
+            assert cell.config in configs, (claim.key, arm)
+            assert arm in CELLS or "@" in arm, (claim.key, arm)  # no silent fallback to a config name
+        for c in (*claim.headline, *claim.more):
+            assert c.a in claim.arms and c.b in claim.arms, (claim.key, c)
+        if claim.check is not None:
+            assert claim.check.cell in claim.arms and claim.check.b_cell in (None, *claim.arms)
+
+
+def test_check_is_the_paired_interval_of_the_stated_difference():
+    rows = [row("sam-simclr", s, 0.8, trace=t) for s, t in enumerate((40.0, 44.0, 39.0))]
+    rows += [row("simclr", s, 0.8, trace=t) for s, t in enumerate((100.0, 90.0, 95.0))]
+    seeds, iv = study.SAM_FLATTENS.interval(rows)
+    assert seeds == [0, 1, 2] and iv.diffs == (-60.0, -46.0, -56.0) and iv.verdict == "lower"
+    against_constant = study.Check("x", "sam-simclr", study.TRACE, "higher", value=42.0)
+    assert against_constant.interval(rows)[1].diffs == (-2.0, 2.0, -3.0)
+    same_row = study.Check("x", "sam-simclr", study.TRACE, "higher", b_metric=study.TOP_EIG)
+    assert same_row.interval(rows)[1].diffs == pytest.approx((36.0, 39.6, 35.1))
+
+
+@pytest.mark.parametrize("ssa_gain, cost_gain, drop, verdict", [
+    (0.02, 0.01, 50.0, "supported at our scale"),
+    (0.02, -0.01, 50.0, "supported at equal epochs, not at equal cost"),
+    (0.0, 0.0, 50.0, "not supported at our scale"),
+    (-0.02, -0.01, 50.0, "not supported at our scale (lower)"),
+    (0.02, 0.01, 0.0, "cannot be tested at our scale: the mechanism was not shown on"),
+])
+def test_verdict_follows_the_rule(ssa_gain, cost_gain, drop, verdict):
+    result = study.outcome(study.CLAIMS["ssa"], ssa_rows(ssa_gain, cost_gain, drop))
+    assert result.verdict == verdict
+    assert result.mechanism == ("on" if drop else "not shown")
+
+
+def test_missing_headline_rows_are_not_run_whatever_else_is_there():
+    rows = [r for r in ssa_rows(0.02, 0.01) if r["cell"] != "simclr@1.9x"]
+    assert study.outcome(study.CLAIMS["ssa"], rows).verdict == "not run (yet)"
+    one_seed = [r for r in ssa_rows(0.02, 0.01) if r["seed"] == 0]
+    assert study.outcome(study.CLAIMS["ssa"], one_seed).verdict == "not run (yet)"
+
+
+def test_the_probe_gap_is_train_less_validation():
+    r = study.with_derived(row("simclr", 0, 0.8, train=0.9))
+    assert r["probe_gap"] == pytest.approx(0.9 - 0.801)
+    assert "probe_gap" not in study.with_derived(row("simclr", 0, 0.8))
+
+
+def test_collect_only_rebuilds_sections_summary_and_readme(tmp_path):
+    record = tmp_path / "docs" / "grid"
+    for r in ssa_rows(0.02, 0.01):
+        path = record / "long" / r["cell"] / f"seed{r['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+    doc = tmp_path / "docs" / "results.md"
+    (tmp_path / "README.md").write_text("x\n<!-- readme-study:start -->\nold\n<!-- readme-study:end -->\n")
+    outcomes = study.run_study("all", "0,1,2", tmp_path / "runs", doc, record, True, None, "cmd", log=lambda m: None)
+    assert outcomes["ssa"].verdict == "supported at our scale"
+    assert outcomes["rsa"].verdict == "not run (yet)"
+    text = doc.read_text()
+    for key in study.CLAIMS:
+        assert f"<!-- study-{key}:start -->" in text
+    assert "| SSA-CLR, sharpness part (all 54k images) | long | on | equal epochs: +2." in text
+    readme = (tmp_path / "README.md").read_text()
+    assert "old" not in readme and "supported at our scale" in readme
+    assert (tmp_path / "docs" / "results" / "study-ssa.png").is_file()
+
+
+def test_unknown_claim_and_a_row_of_another_protocol_are_refused(tmp_path):
+    with pytest.raises(UserError, match="unknown claim"):
+        study.run_study("ssa,sharp", "0", tmp_path, tmp_path / "r.md", tmp_path, True, None, "cmd")
+    stale = {**row("simclr", 0, 0.8), "protocol": "000000000000"}
+    (tmp_path / "long" / "simclr").mkdir(parents=True)
+    (tmp_path / "long" / "simclr" / "seed0.json").write_text(json.dumps(stale))
+    with pytest.raises(UserError, match="simclr"):
+        study.run_study("ssa", "0", tmp_path, tmp_path / "r.md", tmp_path, True, None, "cmd")
