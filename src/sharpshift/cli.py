@@ -144,6 +144,32 @@ def download(
     typer.echo(f"downloaded to {download_dataset(dataset, root)}")
 
 
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="A dataset name (sharpshift datasets): folder, fashion-mnist, cifar10, ..."),
+    out: Path = typer.Option(..., "--out", help="New folder for the shards (refused if it exists and is not one)."),
+    data_dir: Optional[str] = DataDir,
+    on_bad_image: str = typer.Option("skip", help="Image folders: skip (and count) or fail on unreadable files."),
+    image_size: int = typer.Option(0, help="Image folders: resize to this square size (0: the most common size)."),
+    verify: bool = typer.Option(False, "--verify", help="Check an existing folder's shards against its manifest."),
+) -> None:
+    """Write a dataset as WebDataset shards with an index and a checksum manifest, for data.storage=stream."""
+    from sharpshift.data.stream import is_prepared, prepare as write_shards, verify as check_shards
+
+    if verify:
+        if not is_prepared(out):
+            raise UserError(f"{out} is not a folder made by `sharpshift prepare`; pass one to --verify")
+        bad = check_shards(out)
+        if bad:
+            raise UserError(f"{len(bad)} shard(s) differ from the manifest, first {out / bad[0]}; prepare {out} again")
+        typer.echo(f"{out}: every shard matches its SHA-256")
+        return
+    if on_bad_image not in ("skip", "fail"):
+        raise UserError(f"--on-bad-image must be skip or fail, got {on_bad_image!r}")
+    folder = write_shards(dataset, out, data_dir, on_bad_image, image_size, log=typer.echo)
+    typer.echo(f"prepared {folder}; train with data.storage=stream data.stream_dir={folder}")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: speed and the accuracy grid.")
 app.add_typer(bench_app, name="bench")
 

@@ -37,7 +37,7 @@ def train_supervised(cfg, data_dir: str | None = None) -> Path:
     module = Supervised(cfg, train.channels, train.size, train.num_classes, mean, std, total, steps_per_epoch)
     trainer = build_trainer(cfg, run_dir)
     t0 = time.time()
-    trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed))
+    trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed, cfg.data.num_workers))
     seconds = time.time() - t0
     if trainer.global_rank != 0:
         return run_dir

@@ -166,7 +166,7 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
     trainer = build_trainer(cfg, run_dir, extra_callbacks=(speed,))
     t0 = time.time()
     try:
-        trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed), ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed, cfg.data.num_workers), ckpt_path=ckpt_path)
     except NonFiniteLoss as e:
         kept = next((c.latest() for c in trainer.callbacks if isinstance(c, CheckpointEvery)), None)
         where = f"the last checkpoint before it is {kept}" if kept else "no checkpoint was written before it"

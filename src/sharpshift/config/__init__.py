@@ -44,6 +44,14 @@ class DataConfig:
     test_subset: int = 0  # evaluate on a subset of the test split (0 = all)
     val_fraction: float = 0.1  # hold out this share of the train split (fixed, seeded) for every choice; 0: none
     on_bad_image: str = "skip"  # image folders: skip (and count) or fail on unreadable files
+    image_size: int = 0  # image folders and streams: resize every image to this square size (0: as stored)
+    # memory: decode the whole split into one tensor; stream: read shards made by `sharpshift prepare` from
+    # stream_dir, decoding each batch (in num_workers processes); auto: stream when the decoded train split
+    # would exceed memory_budget_gb (docs/streaming.md)
+    storage: str = "memory"
+    stream_dir: Optional[str] = None
+    memory_budget_gb: float = 8.0
+    num_workers: int = 0  # DataLoader worker processes that decode streamed batches (0: in the training process)
 
 
 @dataclass
@@ -254,6 +262,11 @@ def validate(c: Config) -> None:
     _check(c.data.subset >= 0 and c.data.test_subset >= 0, "data.subset and data.test_subset must be >= 0")
     _check(0 <= c.data.val_fraction < 1, f"data.val_fraction must be in [0, 1), got {c.data.val_fraction}")
     _check(c.data.on_bad_image in ("skip", "fail"), "data.on_bad_image must be skip or fail")
+    _check(c.data.storage in ("memory", "stream", "auto"), f"data.storage must be memory, stream or auto, got "
+           f"{c.data.storage!r}")
+    _check(c.data.num_workers >= 0, f"data.num_workers must be >= 0, got {c.data.num_workers}")
+    _check(c.data.image_size >= 0, f"data.image_size must be >= 0 (0: as stored), got {c.data.image_size}")
+    _check(c.data.memory_budget_gb > 0, f"data.memory_budget_gb must be > 0, got {c.data.memory_budget_gb}")
     _check(c.optim.name in ("sgd", "lars", "adamw"), f"unknown optimizer {c.optim.name!r}; set optim.name to sgd, lars or adamw")
     _check(c.optim.lr > 0, f"optim.lr must be > 0, got {c.optim.lr}")
     _check(c.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {c.optim.weight_decay}")

@@ -148,7 +148,7 @@ def load_image_folder(root: str | Path, on_bad: str = "skip", size: int | tuple[
 
 
 @register("folder")
-def _folder(split: str, data_dir: str | None, on_bad: str = "skip") -> ImageDataset:
+def _folder(split: str, data_dir: str | None, on_bad: str = "skip", size: int = 0) -> ImageDataset:
     """data_dir/train and data_dir/test when both exist, else data_dir itself for both splits."""
     if not data_dir:
         raise UserError("dataset 'folder' needs --data-dir pointing at a folder of images")
@@ -157,9 +157,10 @@ def _folder(split: str, data_dir: str | None, on_bad: str = "skip") -> ImageData
     if not (train.is_dir() and test.is_dir()):
         warnings.warn(f"{root} has no train/ and test/ sub-folders; using the same images for both splits",
                       stacklevel=2)
-        return load_image_folder(root, name="folder", on_bad=on_bad)
+        return load_image_folder(root, name="folder", on_bad=on_bad, size=size or None)
     # Both splits share the class list, mode and size of train, so labels and shapes line up.
     classes = sorted({c for d in (train, test) for c in list_images(d)[2]}) or None
     mode, hw = probe_folder(train)
+    hw = (size, size) if size else hw
     return load_image_folder(train if split == "train" else test, size=hw, mode=mode, classes=classes,
                              name="folder", on_bad=on_bad)

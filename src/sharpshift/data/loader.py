@@ -4,6 +4,10 @@ The sampler shards a seeded permutation across processes (every process gets a d
 same epoch's permutation) and yields index tensors; the dataset indexes the tensors once per batch.
 Nothing runs per image, and there are no worker processes to feed.
 
+Streamed datasets (sharpshift.data.stream) index the same way, decoding just the batch's images; with
+`data.num_workers` > 0 that happens in worker processes while the model trains (the sampler stays in the
+training process, so order, DDP shards and resume are the same whatever the worker count).
+
 The loader is resumable: its state is the sampler's position (epoch, batches already served), saved in
 every checkpoint, so a run resumed mid-epoch continues with the same order where it stopped.
 """
@@ -60,8 +64,9 @@ class ResumableLoader(DataLoader):
     `served()` says how many batches of the current epoch training has finished: the sampler itself cannot
     know, because the loop fetches a batch ahead."""
 
-    def __init__(self, dataset: Dataset, sampler: ShardedBatchSampler, served: Callable[[], int]):
-        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+    def __init__(self, dataset: Dataset, sampler: ShardedBatchSampler, served: Callable[[], int], num_workers: int = 0):
+        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
         self.served = served
 
     def state_dict(self) -> dict:
@@ -86,15 +91,17 @@ class IndexedBatches(Dataset):
 class PretrainData(L.LightningDataModule):
     """Builds the loader once the trainer knows this process's rank and the world size."""
 
-    def __init__(self, data: ImageDataset, batch_size: int, seed: int):
+    def __init__(self, data: ImageDataset, batch_size: int, seed: int, num_workers: int = 0):
         super().__init__()
         self.data, self.batch_size, self.seed = data, batch_size, seed
+        # worker processes pay off only for images decoded per batch: in-memory batches are one index op
+        self.num_workers = num_workers if not isinstance(data.images, torch.Tensor) else 0
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer else 0
         world = self.trainer.world_size if self.trainer else 1
         sampler = ShardedBatchSampler(len(self.data), self.batch_size, self.seed, rank, world)
-        return ResumableLoader(IndexedBatches(self.data), sampler, self.batches_done)
+        return ResumableLoader(IndexedBatches(self.data), sampler, self.batches_done, self.num_workers)
 
     def batches_done(self) -> int:
         """Batches of the current epoch whose training step has run (Lightning's own count, restored on resume)."""
@@ -102,6 +109,19 @@ class PretrainData(L.LightningDataModule):
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units, from (at most) the first max_images images."""
-    x = images[:max_images].float().div_(255.0)
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    """Per-channel mean and std in [0, 1] units, from (at most) the first max_images images. Streamed images
+    whose float copy would exceed 256 MB are read 500 at a time (float64 sums: equal to ~1e-7), so that memory
+    does not grow with their size; smaller ones are decoded whole, for the in-memory path's very numbers."""
+    n = min(len(images), max_images)
+    if isinstance(images, torch.Tensor) or 4 * n * images.shape[1:].numel() <= 256 * 2 ** 20:
+        x = images[:max_images].float().div_(255.0)
+        return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    total = square = 0.0
+    for start in range(0, n, 500):
+        x = images[start:min(start + 500, n)].double().div_(255.0)
+        total = total + x.sum(dim=(0, 2, 3))
+        square = square + (x * x).sum(dim=(0, 2, 3))
+    count = n * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = ((square - count * mean * mean) / (count - 1)).clamp_min(0).sqrt()
+    return mean.tolist(), std.clamp_min(1e-3).tolist()

@@ -60,17 +60,25 @@ def _digits(split: str, data_dir: str | None) -> ImageDataset:
                         "digits", [str(i) for i in range(10)])
 
 
-def load_dataset(name: str, split: str = "train", data_dir: str | None = None, on_bad_image: str = "skip") -> ImageDataset:
-    """`on_bad_image` (skip or fail) reaches the loaders that read files one by one (image folders)."""
+def load_dataset(name: str, split: str = "train", data_dir: str | None = None, on_bad_image: str = "skip",
+                 image_size: int = 0) -> ImageDataset:
+    """`on_bad_image` (skip or fail) and `image_size` (resize to this square size; 0: as stored) reach the
+    loaders that read files one by one (image folders); the others refuse a size they do not have."""
     _load_optional_loaders()
     if name not in LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {SPLITS}")
     loader = LOADERS[name]
-    if "on_bad" in inspect.signature(loader).parameters:
-        return loader(split, data_dir, on_bad=on_bad_image)
-    return loader(split, data_dir)
+    params = inspect.signature(loader).parameters
+    kwargs = {"on_bad": on_bad_image} if "on_bad" in params else {}
+    if image_size and "size" in params:
+        kwargs["size"] = image_size
+    data = loader(split, data_dir, **kwargs)
+    if image_size and "size" not in params and data.size != image_size:
+        raise UserError(f"data.image_size={image_size} applies to image folders; {name} images are {data.size} px, "
+                        "leave data.image_size at 0")
+    return data
 
 
 def _load_optional_loaders() -> None:

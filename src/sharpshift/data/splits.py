@@ -44,8 +44,8 @@ def split_validation(train: ImageDataset, fraction: float) -> tuple[ImageDataset
 def pretraining_split(cfg) -> tuple[ImageDataset, ImageDataset | None]:
     """A config's pretraining images (its seeded subset of the training split less the hold-out) and the
     hold-out: what a run trains on, and what the grid's floors and equal-cost cells are computed from."""
-    from sharpshift.data.registry import load_dataset
+    from sharpshift.data.storage import open_split
 
-    full = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir, cfg.data.on_bad_image)
+    full = open_split(cfg, "train")
     rest, val = split_validation(full, cfg.data.val_fraction)
     return rest.subset(cfg.data.subset, seed=cfg.seed), val

@@ -42,12 +42,12 @@ def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 def load_run_module(run_dir: Path):
     """Rebuild a run's training module (heads included) from its config and last checkpoint."""
-    from sharpshift.data.registry import load_dataset
+    from sharpshift.data.storage import open_split
     from sharpshift.evaluation.run import run_config
     from sharpshift.train import build_module
 
     cfg = run_config(run_dir)
-    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.subset, seed=cfg.seed)
+    train = open_split(cfg, "train").subset(cfg.data.subset, seed=cfg.seed)
     module = build_module(cfg, train)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
@@ -60,10 +60,10 @@ def load_run_module(run_dir: Path):
 
 
 def run_similarities(run_dir: Path, n_images: int = 512) -> list[dict]:
-    from sharpshift.data.registry import load_dataset
+    from sharpshift.data.storage import open_split
 
     cfg, module = load_run_module(run_dir)
-    test = load_dataset(cfg.data.dataset, "test", cfg.data.data_dir).subset(n_images, seed=0)
+    test = open_split(cfg, "test").subset(n_images, seed=0)
     return head_similarities(module, test.images)
 
 

@@ -120,7 +120,7 @@ def tsne_plot(x: torch.Tensor, y: torch.Tensor, path: Path, title: str, class_na
 
 def diagnose_run(run_dir: str | Path, data_dir: str | None = None, tsne_points: int = 2000, seed: int = 0) -> dict:
     """All figures above on the run's test split; writes RUN_DIR/discriminability.json (+ tsne.png)."""
-    from sharpshift.data.registry import load_dataset
+    from sharpshift.data.storage import open_split
     from sharpshift.evaluation.features import extract_features
     from sharpshift.evaluation.run import run_config
     from sharpshift.export import atomic_write_text, load_backbone
@@ -128,8 +128,9 @@ def diagnose_run(run_dir: str | Path, data_dir: str | None = None, tsne_points: 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     backbone = load_backbone(run_dir)
-    test = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir).subset(cfg.data.test_subset,
-                                                                                          seed=cfg.seed)
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    test = open_split(cfg, "test").subset(cfg.data.test_subset, seed=cfg.seed)
     if test.labels is None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no test labels; discriminability needs labels")
     t0 = time.time()

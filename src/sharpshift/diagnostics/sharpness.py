@@ -21,7 +21,7 @@ RHOS = (0.01, 0.05, 0.1)
 def load_module(run_dir: Path, data_dir: str | None = None):
     """The method module of a run, with the weights of its last checkpoint, and its training split."""
     from sharpshift.checkpoint import check_state_matches, find_resume_checkpoint
-    from sharpshift.data.registry import load_dataset
+    from sharpshift.data.storage import open_split
     from sharpshift.evaluation.run import run_config
     from sharpshift.train import build_module
 
@@ -30,7 +30,7 @@ def load_module(run_dir: Path, data_dir: str | None = None):
         cfg.data.data_dir = data_dir
     ckpt_path, ckpt = find_resume_checkpoint(run_dir)  # the newest complete one; the heads are needed too
     cfg.eval.knn_every_n_epochs = 0
-    train = load_dataset(cfg.data.dataset, "train", cfg.data.data_dir).subset(cfg.data.subset, seed=cfg.seed)
+    train = open_split(cfg, "train").subset(cfg.data.subset, seed=cfg.seed)
     module = build_module(cfg, train)
     check_state_matches(ckpt["state_dict"], module, ckpt_path)
     module.load_state_dict(ckpt["state_dict"])

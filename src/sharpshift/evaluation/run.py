@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from sharpshift.config import Config, from_yaml_file
-from sharpshift.data.registry import load_dataset
+from sharpshift.data.storage import open_split
 from sharpshift.data.splits import split_validation
 from sharpshift.errors import UserError
 from sharpshift.evaluation.features import extract_features
@@ -26,8 +26,9 @@ def run_config(run_dir: Path) -> Config:
 def labelled_splits(cfg: Config, data_dir: str | None, with_val: bool = False):
     """Train and test splits with labels, as the evaluation protocol needs: the probe and the kNN memory
     are the train split without the validation hold-out. with_val: also return the hold-out (or None)."""
-    full = load_dataset(cfg.data.dataset, "train", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
-    test = load_dataset(cfg.data.dataset, "test", data_dir or cfg.data.data_dir, cfg.data.on_bad_image)
+    if data_dir:
+        cfg.data.data_dir = data_dir
+    full, test = open_split(cfg, "train"), open_split(cfg, "test")
     if full.labels is None or test.labels is None:
         raise UserError(f"dataset {cfg.data.dataset!r} has no labels to evaluate with; evaluate on a labelled dataset")
     train, val = split_validation(full, cfg.data.val_fraction)

@@ -36,12 +36,14 @@ class RunAssets:
 
     def test(self):
         if self._test is None:
-            from sharpshift.data.registry import load_dataset
+            from sharpshift.data.storage import open_split
 
             cfg = self.run.config
             if cfg is None:
                 raise UserError(f"config.yaml unreadable: {self.run.config_error}")
-            test = load_dataset(cfg.data.dataset, "test", self.data_dir or cfg.data.data_dir)
+            if self.data_dir:
+                cfg.data.data_dir = self.data_dir
+            test = open_split(cfg, "test")
             if test.labels is None:
                 raise UserError(f"dataset {cfg.data.dataset!r} has no test labels")
             self._test = test.subset(cfg.data.test_subset, seed=cfg.seed)
