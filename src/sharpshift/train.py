@@ -10,7 +10,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from sharpshift.checkpoint import (CKPT_DIR, AtomicCheckpointIO, CheckpointEvery, check_state_matches, describe,
@@ -25,8 +24,8 @@ from sharpshift.models import backbone_arch
 from sharpshift.nonfinite import NonFiniteLoss
 from sharpshift.precision_choice import choose_for, cpu_name
 from sharpshift.process_env import THREAD_NOTE_ENV
-from sharpshift.resume import appending_csv_logger
 from sharpshift.throughput import Throughput
+from sharpshift.tracking import build_loggers, finish_mlflow_run, start_mlflow_run
 
 RUN_DIR_ENV = "SHARPSHIFT_RUN_DIR"  # shared with the processes DDP launches, so all agree on one folder
 
@@ -105,7 +104,7 @@ def build_trainer(cfg: Config, run_dir: Path, extra_callbacks: tuple = (), **ove
         default_root_dir=run_dir, max_epochs=cfg.trainer.max_epochs, max_steps=cfg.trainer.max_steps,
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
         strategy=cfg.trainer.strategy, precision=resolve_precision(cfg), sync_batchnorm=cfg.trainer.sync_batchnorm,
-        logger=[appending_csv_logger(run_dir), TensorBoardLogger(run_dir, name="", version="tensorboard")],
+        logger=build_loggers(cfg, run_dir),
         callbacks=[CheckpointEvery(run_dir / CKPT_DIR, cfg.trainer.checkpoint_every_n_steps,
                                    cfg.trainer.keep_checkpoints, describe(cfg))]
         + ([TQDMProgressBar(refresh_rate=10)] if cfg.trainer.progress_bar else []) + list(extra_callbacks),
@@ -164,6 +163,8 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     speed = Throughput()
     trainer = build_trainer(cfg, run_dir, extra_callbacks=(speed,))
+    if first_process():
+        start_mlflow_run(trainer, cfg, run_dir)
     t0 = time.time()
     try:
         trainer.fit(module, datamodule=PretrainData(train, cfg.data.batch_size, cfg.seed, cfg.data.num_workers), ckpt_path=ckpt_path)
@@ -200,6 +201,7 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
             evaluate_run(run_dir, cfg.data.data_dir)
         except UserError as e:  # e.g. no labelled test split: the trained backbone is saved, say why not evaluated
             print(f"note: no offline evaluation: {e}", flush=True)
+    finish_mlflow_run(trainer, run_dir)
     if cfg.report.after_training:
         from sharpshift.report import write_report_or_warn
 

@@ -130,6 +130,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 100  # also one at the end; 0 = only at the end (see sharpshift.checkpoint)
     keep_checkpoints: int = 3  # newest step checkpoints kept (last.ckpt is always kept)
     on_nonfinite: str = "stop"  # a NaN/inf loss: stop (naming the step and term) or skip the step
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])  # and mlflow (sharpshift.tracking)
+    mlflow_uri: Optional[str] = None  # MLflow tracking URI (None: sqlite:///OUT_DIR/mlflow.db)
+    mlflow_experiment: str = "sharpshift"
 
 
 @dataclass
