@@ -257,3 +257,22 @@ def test_a_20000_file_folder_streams_with_memory_that_does_not_grow_with_the_ima
     assert peaks["big", "stream"] - peaks["small", "stream"] < 25, peaks  # the index: 32 bytes an image
     with tarfile.open(sorted((tmp_path / "big-shards" / "train").glob("*.tar"))[0]) as tar:
         assert tar.getmembers()[1].name.endswith(".jpg")  # the original bytes, not re-encoded
+
+
+def test_auto_storage_streams_only_over_the_memory_budget_and_says_how_to_prepare(tmp_path):
+    from sharpshift.config import load_config
+    from sharpshift.data.storage import decoded_bytes, open_split, streams
+
+    root = tmp_path / "imgs"
+    write_folder(root, 10, size=16)
+    auto = ["data.dataset=folder", f"data.data_dir={root}", "data.storage=auto"]
+    assert decoded_bytes(load_config("simclr", auto)) == 10 * 3 * 16 * 16
+    assert not streams(load_config("simclr", [*auto, "data.memory_budget_gb=1"]))
+    tight = [*auto, "data.memory_budget_gb=0.000001"]  # 1 KiB: the 7.5 KiB of pixels are over it
+    with pytest.raises(UserError, match="sharpshift prepare folder --out DIR"):
+        streams(load_config("simclr", tight))
+    shards = stream.prepare("folder", tmp_path / "s", str(root), log=lambda m: None)
+    data = open_split(load_config("simclr", [*tight, f"data.stream_dir={shards}"]), "train")
+    assert isinstance(data, stream.StreamDataset) and len(data) == 10
+    with pytest.raises(UserError, match="data.storage must be memory, stream or auto"):
+        load_config("simclr", ["data.storage=disk"])
