@@ -3,7 +3,7 @@
 `sharpshift prepare DATASET --out DIR` (`prepare`) writes, per split, WebDataset shards (`DIR/<split>/shard-
 NNNNNN.tar`, written by webdataset's ShardWriter: members `KEY.<ext>` with the encoded image, its original
 bytes for an image folder and PNG for a dataset we decode ourselves, and `KEY.cls` with the label) and an index
-(`DIR/<split>/index.npy`: per image its shard, the byte offset and length of its image member in that tar, and
+(`DIR/<split>/index.i64`: per image its shard, the byte offset and length of its image member in that tar, and
 its label), plus `DIR/manifest.json` (format, image mode and size, classes, counts, skipped files, and the
 SHA-256 of every shard). Any WebDataset reader reads the shards as they are.
 
@@ -36,7 +36,7 @@ from sharpshift.errors import UserError
 FORMAT = "sharpshift-stream"
 VERSION = 1
 MANIFEST = "manifest.json"
-INDEX = "index.npy"  # (N, 4) int64: shard, byte offset, byte length, label (-1: none)
+INDEX = "index.i64"  # (N, 4) little-endian int64, raw (no pickle): shard, byte offset, byte length, label (-1: none)
 SHARD_IMAGES = 5000  # images per shard (a few MB for small images; ~100 MB at ImageNet's JPEG sizes)
 CHECK_CHUNK = 512  # files validated (decoded once) at a time while preparing: bounded memory
 
@@ -170,7 +170,10 @@ def load_stream(folder: str | Path, split: str, dataset: str | None = None, imag
         if not path.is_file() or path.stat().st_size != s["bytes"]:
             raise UserError(f"shard {path} is missing or has changed size since it was prepared; prepare {folder} "
                             "again")
-    index = np.load(folder / split / INDEX)
+    index = np.fromfile(folder / split / INDEX, dtype="<i8").reshape(-1, 4)
+    if len(index) != info["images"]:
+        raise UserError(f"{folder / split / INDEX} lists {len(index)} images, the manifest {info['images']}; prepare "
+                        f"{folder} again")
     if info.get("skipped"):
         warnings.warn(f"skipped {info['skipped']} unreadable file(s) when {folder} was prepared, first: "
                       f"{info['first_skipped']}", stacklevel=2)
@@ -259,7 +262,7 @@ def _write_split(samples, out: Path, split: str) -> dict:
                     index[i, :3] = (s, member.offset_data, member.size)
         shards.append({"file": f"{split}/{path.name}", "images": int((index[:, 0] == s).sum()),
                        "bytes": path.stat().st_size, "sha256": _sha256(path)})
-    np.save(out / split / INDEX, index)
+    index.astype("<i8").tofile(out / split / INDEX)
     return {"images": n, "labelled": labelled == n, "shards": shards}
 
 
