@@ -11,7 +11,7 @@ from sharpshift.config import list_configs
 from sharpshift.errors import UserError
 
 
-def row(cell, seed, linear, trace=None, train=None, budget="long", **extra):
+def row(cell, seed, linear, trace=None, train=None, budget="long", **extra):  # noqa: PLR0913
     r = {"cell": cell, "seed": seed, "protocol": fingerprint(budget_overrides(budget)),
          "cell_spec": cell_spec(cell_named(cell)), "linear_top1": linear, "knn_top1": linear - 0.02,
          "val_linear_top1": linear + 0.001, "val_knn_top1": linear - 0.01, "train_seconds": 1.0, "diagnostics": {},
@@ -78,10 +78,43 @@ def test_missing_headline_rows_are_not_run_whatever_else_is_there():
     assert study.outcome(study.CLAIMS["ssa"], one_seed).verdict == "not run (yet)"
 
 
-def test_the_probe_gap_is_train_less_validation():
-    r = study.with_derived(row("simclr", 0, 0.8, train=0.9))
-    assert r["probe_gap"] == pytest.approx(0.9 - 0.801)
+def test_the_gaps_are_train_less_validation():
+    r = study.with_derived(row("simclr", 0, 0.8, train=0.9, pretrain_knn_top1=0.95, heldout_knn_top1=0.85))
+    assert r["probe_gap"] == pytest.approx(0.9 - 0.801) and r["encoder_gap"] == pytest.approx(0.10)
     assert "probe_gap" not in study.with_derived(row("simclr", 0, 0.8))
+
+
+def test_the_encoder_gap_queries_the_runs_own_pretraining_images_against_unseen_ones():
+    """The pretraining images evaluation.run.pretraining_gap picks are the ones the run trained on; on features
+    that memorise exactly those images the gap is the memorised share, and 0 on features that memorise none."""
+    import torch
+
+    from sharpshift.data.splits import pretraining_split
+    from sharpshift.evaluation.run import labelled_splits, pretraining_gap
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config("simclr", "data.subset=300", "seed=4", "eval.knn_k=5")
+    pretrain, _ = pretraining_split(cfg)
+    probe_train, _, val = labelled_splits(cfg, None, with_val=True)
+    seen = torch.zeros(len(probe_train), dtype=torch.bool)
+    seen[study_positions(len(probe_train), 300, 4)] = True
+    assert torch.equal(probe_train.images[study_positions(len(probe_train), 300, 4)], pretrain.images)
+    g = torch.Generator().manual_seed(0)
+    noise = lambda n: torch.randn(n, 16, generator=g)  # noqa: E731
+    f_train, f_val = noise(len(probe_train)), noise(len(val))
+    none = pretraining_gap(cfg, f_train, probe_train.labels, f_val, val.labels)
+    assert abs(none["pretrain_knn_top1"] - none["heldout_knn_top1"]) < 0.15  # chance level, both
+    f_train[seen] = torch.nn.functional.one_hot(probe_train.labels[seen], 16).float() * 10  # memorised ...
+    f_train[~seen] = torch.nn.functional.one_hot(probe_train.labels[~seen], 16).float() * 10 + noise(int((~seen).sum())) * 5
+    memorised = pretraining_gap(cfg, f_train, probe_train.labels, f_val, val.labels)
+    assert memorised["pretrain_knn_top1"] > memorised["heldout_knn_top1"] + 0.3
+    assert pretraining_gap(tiny_config("simclr"), f_train, probe_train.labels, f_val, val.labels) == {}
+
+
+def study_positions(total, n, seed):
+    from sharpshift.data.base import subset_indices
+
+    return subset_indices(total, n, seed)
 
 
 def test_collect_only_rebuilds_sections_summary_and_readme(tmp_path):

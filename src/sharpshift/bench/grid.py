@@ -295,11 +295,12 @@ EVAL_FIGURES = ("linear_top1", "knn_top1", "val_linear_top1", "val_knn_top1")
 
 
 def run_figures(run_dir: Path) -> dict:
-    """The probe's accuracy on its own training images (for the generalisation gap) and each add-on's mechanism
-    summary (mechanisms.json: the figures that say whether its mechanism was on)."""
+    """The probe's accuracy on its own training images, the encoder's kNN on its pretraining images and on the
+    hold-out (evaluation.run.pretraining_gap), and each add-on's mechanism summary (mechanisms.json)."""
     out = {}
     if (run_dir / "eval.json").is_file():
-        out["linear_train_top1"] = json.loads((run_dir / "eval.json").read_text()).get("linear_train_top1")
+        ev = json.loads((run_dir / "eval.json").read_text())
+        out.update({k: ev[k] for k in ("linear_train_top1", "pretrain_knn_top1", "heldout_knn_top1") if k in ev})
     if (run_dir / MECHANISMS_FILE).is_file():
         out["mechanisms"] = {addon: entry["summary"]
                              for addon, entry in json.loads((run_dir / MECHANISMS_FILE).read_text()).items()}

@@ -47,7 +47,7 @@ class ImageDataset:
         """A seeded random subset of n samples (all of them when n >= len)."""
         if n <= 0 or n >= len(self):
             return self
-        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
+        return self.select(subset_indices(len(self), n, seed))
 
     def digest(self) -> str:
         """A short hash of the images and labels, in order: two runs that report the same digest trained or
@@ -61,3 +61,8 @@ class ImageDataset:
         """The samples at these indices, in this order."""
         labels = self.labels[idx] if self.labels is not None else None
         return ImageDataset(self.images[idx], labels, self.name, self.classes)
+
+
+def subset_indices(total: int, n: int, seed: int) -> torch.Tensor:
+    """The positions ImageDataset.subset(n, seed) takes from `total` samples."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]

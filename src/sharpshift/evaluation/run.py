@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from sharpshift.config import Config, from_yaml_file
+from sharpshift.data.base import subset_indices
 from sharpshift.data.storage import open_split
 from sharpshift.data.splits import split_validation
 from sharpshift.errors import UserError
@@ -57,8 +58,24 @@ def evaluate_backbone(backbone: torch.nn.Module, cfg: Config, train, test, bf16:
                                                   temperature=cfg.eval.knn_temperature)),
                       val_size=len(val))
         result["splits"]["val"] = val.digest()
+        result.update(pretraining_gap(cfg, f_train, train.labels, f_val, val.labels))
     result["eval_seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def pretraining_gap(cfg: Config, f_train, y_train, f_val, y_val) -> dict:
+    """For a run that pretrained on a subset of the probe's images: kNN top-1 of those pretraining images and of
+    the validation images, both against the probe images the encoder never saw (the same memory), so their
+    difference is the encoder's own generalisation gap. Empty when every probe image was pretrained on."""
+    n = cfg.data.subset
+    if n <= 0 or n >= len(f_train):
+        return {}
+    seen = torch.zeros(len(f_train), dtype=torch.bool)
+    seen[subset_indices(len(f_train), n, cfg.seed)] = True  # the run's own pretraining images
+    kw = dict(k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)
+    memory, memory_y = f_train[~seen], y_train[~seen]
+    return {"pretrain_knn_top1": float(knn_top1(memory, memory_y, f_train[seen], y_train[seen], **kw)),
+            "heldout_knn_top1": float(knn_top1(memory, memory_y, f_val, y_val, **kw))}
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict:
