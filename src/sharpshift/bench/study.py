@@ -70,6 +70,7 @@ class Claim:
     diagnose: tuple[str, ...] = ()
     readouts: tuple[Metric, ...] = ()  # paired over the section's comparisons, besides the accuracies
     mechanisms: tuple[str, ...] = ()  # add-ons whose mechanisms.json summaries the section tabulates
+    precondition: Check | None = None  # what the setting must show for the claim to be testable at all
 
 
 def ee(a: str, b: str) -> Comparison:
@@ -95,7 +96,8 @@ CLAIMS = {c.key: c for c in [
           diagnose=("sharpness",), readouts=(PROBE_GAP, TRACE, TOP_EIG), mechanisms=("sam",)),
     Claim("ssa-small", "SSA-CLR, sharpness part, small data (3,000 images, 40 epochs)", SSA_PAPER, "small", SSA_ARMS,
           (ee("ssa-clr", "simclr"), ec("ssa-clr", "simclr@1.9x")), SSA_MORE, SAM_FLATTENS,
-          diagnose=("sharpness",), readouts=(GAP, TRACE, TOP_EIG), mechanisms=("sam",)),
+          diagnose=("sharpness",), readouts=(GAP, TRACE, TOP_EIG), mechanisms=("sam",),
+          precondition=Check("a generalisation gap exists: SimCLR's encoder gap above 0", "simclr", GAP, "higher")),
     Claim("shift", "SSA-CLR, shift part: Fourier views", "SSA-CLR: a Fourier-based augmentation \"relieve[s] the data "
           "shift\" between ideal and practical positive pairs (no number published)", "long",
           ("simclr", "fourier-simclr"), (ee("fourier-simclr", "simclr"),),
@@ -192,7 +194,11 @@ def outcome(claim: Claim, rows: list[dict]) -> Outcome:
         return Outcome(mechanism, text, "not run (yet)", "not run (yet)")
     effect = "; ".join(f"{c.kind}: {_ci(iv['linear'])}" for c, _, iv in results)
     verdicts = [iv["linear"].verdict for _, _, iv in results]
-    if mechanism == "not shown":
+    found = claim.precondition.interval(rows) if claim.precondition else None
+    if claim.precondition and (found is None or found[1].verdict != claim.precondition.side):
+        verdict = f"cannot be tested at our scale: not shown that {claim.precondition.label.split(':')[0]}"
+        text += f"; precondition, {claim.precondition.label}: " + (_ci(found[1]) if found else "no rows")
+    elif mechanism == "not shown":
         verdict = "cannot be tested at our scale: the mechanism was not shown on"
     elif all(v == "higher" for v in verdicts):
         verdict = "supported at our scale"
