@@ -276,3 +276,14 @@ def test_auto_storage_streams_only_over_the_memory_budget_and_says_how_to_prepar
     assert isinstance(data, stream.StreamDataset) and len(data) == 10
     with pytest.raises(UserError, match="data.storage must be memory, stream or auto"):
         load_config("simclr", ["data.storage=disk"])
+
+
+def test_the_prepare_command_refuses_a_foreign_folder_in_one_line_and_verifies_its_own(digits_stream, tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("mine")
+    bad = sharpshift("prepare", "digits", "--out", str(foreign))
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "was not made by `sharpshift prepare`" in bad.stderr and (foreign / "a.txt").read_text() == "mine"
+    ok = sharpshift("prepare", "digits", "--out", str(digits_stream), "--verify")
+    assert ok.returncode == 0 and "every shard matches" in ok.stdout

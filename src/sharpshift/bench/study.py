@@ -9,7 +9,7 @@ reading around the generated sections.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -166,7 +166,6 @@ class Outcome:
     mechanism_text: str
     effect: str
     verdict: str
-    headline: list = field(default_factory=list)
 
 
 def _ci(iv: Interval, digits: int = 2) -> str:
@@ -208,7 +207,7 @@ def outcome(claim: Claim, rows: list[dict]) -> Outcome:
         verdict = "not supported at our scale (lower)"
     else:
         verdict = "not supported at our scale"
-    return Outcome(mechanism, text, effect, verdict, results)
+    return Outcome(mechanism, text, effect, verdict)
 
 
 def study_rows(claim: Claim, seeds: list[int], root: Path, record: Path, collect_only: bool, extra: list[str],
