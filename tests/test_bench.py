@@ -123,6 +123,24 @@ def test_diagnostics_are_added_to_a_recorded_row_once(tmp_path, monkeypatch):
     assert grid.run_cell(cell, 0, TINY, runs, record=rec, diagnostics=["discriminability"]) == row
 
 
+def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_path):
+    """A recorded row whose folder was trained under another protocol (or is gone): the folder is trained again
+    before a diagnostic measures it, and a stale folder's figures never reach the row."""
+    cell, runs, rec = grid.Cell("simclr", "simclr"), tmp_path / "runs", tmp_path / "rec"
+    first = grid.run_cell(cell, 0, TINY, runs, record=rec)
+    folder = runs / "simclr" / "seed0"
+    (folder / grid.GRID_FILE).write_text(json.dumps({"protocol": "0123456789ab"}))  # stale
+    (folder / "discriminability.json").write_text(json.dumps({"crowding": 99.0}))
+    stale = grid.refresh_headlines({**first, "diagnostics": {"discriminability": {}}}, runs)
+    assert stale["diagnostics"]["discriminability"] == {}  # crowding 99 was not read
+    logged = []
+    row = grid.run_cell(cell, 0, TINY, runs, record=rec, diagnostics=["discriminability"], log=logged.append)
+    assert any("training it again" in m for m in logged)
+    assert json.loads((folder / grid.GRID_FILE).read_text())["protocol"] == first["protocol"]
+    assert row["diagnostics"]["discriminability"]["crowding"] <= 1
+    assert row["linear_top1"] == first["linear_top1"]  # the row as recorded
+
+
 def test_diagnostics_table_flattens_and_averages():
     rows = [{"cell": "a", "diagnostics": {"sharpness": {"loss": v, "sam_sharpness": {"0.05": v / 10}}}}
             for v in (1.0, 3.0)] + [{"cell": "b", "diagnostics": {}}]

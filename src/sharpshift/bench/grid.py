@@ -182,19 +182,29 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         row = floor_row(cell.name, seed, evaluate_floor(cell.name, cfg), expected)
     if row is None:
         if not finished(run_dir, expected):
-            overrides = [*budget, *extra]
-            if cell.steps_scale != 1.0:
-                overrides += scaled_budget(overrides, cell.steps_scale)
-            prior = [f"dsa.prior_path={prior_run(seed, budget, root, extra, record, log)}"] if cell.needs_prior else []
-            _train(cell, [*overrides, *cell.overrides, *prior, f"seed={seed}"], run_dir, expected)
+            _remake_folder(cell, seed, budget, extra, root, run_dir, expected, record, log)
         row = collect(run_dir, cell, seed, expected)
     missing = [d for d in diagnostics if d not in row.get("diagnostics", {})]
-    if missing and (run_dir / "backbone.safetensors").is_file():
+    if missing and cell.kind != "floor" and not finished(run_dir, expected):
+        # the row came from elsewhere (or its folder from another protocol): diagnostics need this row's own
+        # model, so train its folder again (same config and seed) before measuring it
+        log(f"{cell.name} seed {seed}: no run folder under protocol {expected}; training it again for {missing}")
+        _remake_folder(cell, seed, budget, extra, root, run_dir, expected, record, log)
+    if missing and finished(run_dir, expected):
         for d in missing:
             diagnose(run_dir, d, extra)
             row.setdefault("diagnostics", {})[d] = {}
             row.setdefault("diagnostics_settings", {})[d] = " ".join([*DIAGNOSTICS[d][0], "RUN", *DIAGNOSTICS[d][1]])
     return _record(refresh_headlines(row, root), row_file)
+
+
+def _remake_folder(cell: Cell, seed: int, budget: list[str], extra: list[str], root: Path, run_dir: Path,
+                   expected: str, record: Path | None, log: Callable[[str], None]) -> None:
+    overrides = [*budget, *extra]
+    if cell.steps_scale != 1.0:
+        overrides += scaled_budget(overrides, cell.steps_scale)
+    prior = [f"dsa.prior_path={prior_run(seed, budget, root, extra, record, log)}"] if cell.needs_prior else []
+    _train(cell, [*overrides, *cell.overrides, *prior, f"seed={seed}"], run_dir, expected)
 
 
 def finished(run_dir: Path, expected: str) -> bool:
@@ -207,8 +217,9 @@ def refresh_headlines(row: dict, root: Path) -> dict:
     """Re-read each diagnostic's figures from its JSON in the run folder, where the folder still exists (so
     that a change of the headline figures reaches rows recorded before it)."""
     run_dir = root / row["cell"] / f"seed{row['seed']}"
-    if (run_dir / GRID_FILE).is_file() and json.loads((run_dir / GRID_FILE).read_text()).get("protocol") == row["protocol"]:
-        row.update(run_figures(run_dir))  # rows recorded before these figures were
+    if not finished(run_dir, row["protocol"]):  # no folder, or one from another protocol: the row as recorded
+        return row
+    row.update(run_figures(run_dir))  # rows recorded before these figures were
     for name in row.get("diagnostics", {}):
         file = run_dir / DIAGNOSTICS[name][2]
         if file.is_file():
