@@ -85,6 +85,12 @@ def test_a_claim_whose_precondition_is_not_shown_cannot_be_tested():
     assert flat.verdict == "cannot be tested at our scale: not shown that a generalisation gap exists"
 
 
+def test_a_gain_without_the_mechanism_checks_rows_is_not_run_yet():
+    rows = [{**r, "diagnostics": {}} for r in ssa_rows(0.02, 0.01)]  # no Hessian measured anywhere
+    result = study.outcome(study.CLAIMS["ssa"], rows)
+    assert result.mechanism == "not run" and result.verdict.startswith("not run (yet)")
+
+
 def test_missing_headline_rows_are_not_run_whatever_else_is_there():
     rows = [r for r in ssa_rows(0.02, 0.01) if r["cell"] != "simclr@1.9x"]
     assert study.outcome(study.CLAIMS["ssa"], rows).verdict == "not run (yet)"

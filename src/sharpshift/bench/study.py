@@ -199,6 +199,8 @@ def outcome(claim: Claim, rows: list[dict]) -> Outcome:
         text += f"; precondition, {claim.precondition.label}: " + (_ci(found[1]) if found else "no rows")
     elif mechanism == "not shown":
         verdict = "cannot be tested at our scale: the mechanism was not shown on"
+    elif mechanism == "not run":
+        verdict = "not run (yet): the mechanism check's rows are missing"
     elif all(v == "higher" for v in verdicts):
         verdict = "supported at our scale"
     elif verdicts[0] == "higher":
