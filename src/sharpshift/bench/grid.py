@@ -364,6 +364,13 @@ def grid_cells(requested: list[str], costs: dict[str, float], equal_compute: boo
     return names
 
 
+def parse_seeds(seeds: str) -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",") if s]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2") from None
+
+
 def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record: Path, diagnose: str, section: str,
              collect_only: bool, data_dir: str | None, command: str, equal_compute: bool = True,
              log: Callable[[str], None] = print) -> None:
@@ -380,10 +387,7 @@ def run_grid(cells: str, seeds: str, budget: str, root: Path, doc: Path, record:
     wanted = [] if diagnose == "none" else [d for d in diagnose.split(",") if d]
     if any(d not in DIAGNOSTICS for d in wanted):
         raise UserError(f"unknown diagnostic in --diagnose {diagnose!r}; use {', '.join(DIAGNOSTICS)}")
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s]
-    except ValueError:
-        raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2") from None
+    seed_list = parse_seeds(seeds)
     extra = [f"data.data_dir={data_dir}"] if data_dir else []
     expected = fingerprint([*overrides, *extra])
     costs = step_costs()

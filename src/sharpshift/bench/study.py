@@ -15,7 +15,8 @@ from typing import Callable
 
 from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import render_curves
-from sharpshift.bench.grid import PAIRED_FIGURES, cell_named, recorded_row, refresh_headlines, run_cell, same_spec
+from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, parse_seeds, recorded_row, refresh_headlines, run_cell,
+                                   same_spec)
 from sharpshift.bench.paired import ACCURACY, Comparison, Interval, Metric, compare, paired_interval, \
     render_comparisons
 from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint
@@ -289,10 +290,7 @@ def run_study(keys: str, seeds: str, root: Path, doc: Path, record: Path, collec
     unknown = [k for k in chosen if k not in CLAIMS]
     if unknown:
         raise UserError(f"unknown claim(s) {', '.join(unknown)}; use all or some of {', '.join(CLAIMS)}")
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s]
-    except ValueError:
-        raise UserError(f"--seeds {seeds!r} is not a comma-separated list of integers; e.g. --seeds 0,1,2") from None
+    seed_list = parse_seeds(seeds)
     extra = [f"data.data_dir={data_dir}"] if data_dir else []
     outcomes = {}
     for key in chosen:
