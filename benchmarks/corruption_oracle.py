@@ -10,11 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sharpshift.bench.grid_tables import replace_section  # noqa: E402
-from tests.corruption_reference import NOT_COMPARED, REFERENCE_LEVELS, compare, test_images  # noqa: E402
+from tests.corruption_reference import NOT_COMPARED, REFERENCE_LEVELS, compare, sample_images  # noqa: E402
 
 
 def main() -> None:
-    images = test_images()
+    images = sample_images()
     lines = ["`python benchmarks/corruption_oracle.py`: 32 seeded 32x32 RGB images; our function with the "
              "reference's parameter of each severity (imagecorruptions 1.1.2, ImageNet-C's levels).\n",
              "| corruption | compared by | severity 1 | 2 | 3 | 4 | 5 |", "|---|---|---|---|---|---|---|"]

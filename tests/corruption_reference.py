@@ -42,7 +42,7 @@ NOT_COMPARED = {
 }
 
 
-def test_images(n: int = 32, seed: int = 0) -> np.ndarray:
+def sample_images(n: int = 32, seed: int = 0) -> np.ndarray:
     """(n, 32, 32, 3) uint8: smooth colour fields with edges, kept inside [24, 231] so that the noise
     statistics are not cut by clipping."""
     g = torch.Generator().manual_seed(seed)
@@ -72,7 +72,7 @@ def compare(name: str, severity: int, images: np.ndarray | None = None) -> dict:
     """The figure each kind is compared by: max and mean |ours - reference| in grey levels (deterministic),
     the ratio of the residual's std (noise), of the share of values set to 0 or 255 (impulse), or of the mean
     absolute change from the clean image (the blurs and pixelate, whose draws or kernels differ)."""
-    images = test_images() if images is None else images
+    images = sample_images() if images is None else images
     a, b = ours(images, name, severity).astype(np.float64), reference(images, name, severity).astype(np.float64)
     clean = images.astype(np.float64)
     if name in EXACT:

@@ -258,7 +258,7 @@ def prior_run(seed: int, budget: list[str], root: Path, extra: list[str], record
     run_dir = root / PRIOR / f"seed{seed}"
     if not finished(run_dir, fingerprint([*budget, *extra])):
         if record and recorded_row(PRIOR, seed, record):  # the row came from elsewhere: remake only the folder
-            _train(CELLS[PRIOR], [*budget, *extra, f"seed={seed}"], run_dir, fingerprint([*budget, *extra]))
+            _remake_folder(CELLS[PRIOR], seed, budget, extra, root, run_dir, fingerprint([*budget, *extra]), record, log)
         else:
             run_cell(CELLS[PRIOR], seed, budget, root, extra, record=record, log=log)
     return run_dir

@@ -17,7 +17,7 @@ from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import render_curves
 from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, parse_seeds, recorded_row, refresh_headlines, run_cell,
                                    same_spec)
-from sharpshift.bench.paired import ACCURACY, Comparison, Interval, Metric, compare, paired_interval, \
+from sharpshift.bench.paired import ACCURACY, Comparison, Interval, Metric, by_seed, compare, paired_interval, \
     render_comparisons
 from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint
 from sharpshift.errors import UserError
@@ -45,7 +45,7 @@ class Check:
     value: float = 0.0
 
     def interval(self, rows: list[dict]) -> tuple[list[int], Interval] | None:
-        cells = _by_cell(rows)
+        cells = by_seed(rows)
         a, b = cells.get(self.cell, {}), cells.get(self.b_cell or self.cell, {})
         diffs, seeds = [], []
         for seed in sorted(a):
@@ -142,13 +142,6 @@ CLAIMS = {c.key: c for c in [
             diagnose=("discriminability",), readouts=PAIRED_FIGURES["discriminability"], mechanisms=("dsa",))
       for m, name in (("simclr", "SimCLR"), ("byol", "BYOL"))],
 ]}
-
-
-def _by_cell(rows: list[dict]) -> dict[str, dict[int, dict]]:
-    out: dict[str, dict[int, dict]] = {}
-    for r in rows:
-        out.setdefault(r["cell"], {})[r["seed"]] = r
-    return out
 
 
 def with_derived(row: dict) -> dict:
