@@ -86,6 +86,12 @@ def test_row_and_run_folder_from_another_protocol_are_made_again(tmp_path):
     assert again["protocol"] == first["protocol"] and again["linear_top1"] != -1.0
     assert json.loads(row_file.read_text())["protocol"] == first["protocol"]
     assert len(logged) == 1 and "0123456789ab" in logged[0] and "made again" in logged[0]
+    # a row trained in another precision (bf16 on a bf16 CPU) is made again under the protocol's fp32
+    bf16 = {**json.loads(row_file.read_text()), "precision": "bf16-mixed", "linear_top1": -1.0}
+    row_file.write_text(json.dumps(bf16))
+    logged.clear()
+    again = grid.run_cell(cell, 0, TINY, runs, record=rec, log=logged.append)
+    assert again["precision"] == "32-true" and again["linear_top1"] != -1.0 and "bf16-mixed" in logged[0]
     # a cell redefined (other overrides) is made again too, not read back under its old definition
     clipped = grid.Cell("simclr", "simclr", ["optim.grad_clip=1.0"])
     logged.clear()

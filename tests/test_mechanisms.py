@@ -147,3 +147,38 @@ def test_the_report_shows_the_mechanism_checks(tmp_path):
     assert section.title == "Mechanism checks"
     assert "AMCL temperatures are at tau_min" in section.blocks[0].text
     assert section.blocks[1].rows == [["share_at_tau_min", 1.0]]
+
+
+def test_the_trajectory_terms_gradient_share_matches_a_hand_computed_one():
+    """grad_share = ||d term / d backbone weights|| / ||d base loss / d backbone weights||, computed here by
+    plain backward passes; it read 0 when it was taken on the chunked features, which the loss never reaches."""
+    from sharpshift.data.registry import load_dataset
+    from sharpshift.steps import StepContext
+    from sharpshift.train import build_module
+
+    cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", "mesa.form=logits")
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    module = build_module(cfg, train)
+    with torch.no_grad():  # a teacher whose running statistics differ from the batch's: a non-zero term
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.5)
+    module.train()
+    module.mechanisms = MechanismLog(every=1)
+    images = train.images[:32]
+    ctx = StepContext(images, train.labels[:32], torch.arange(32), module.views(images), 0, 0)
+    out = module.objective(ctx)
+    mesa = module.regularisers[0]
+    term = mesa(module, ctx, out)["mesa"]
+    weights = [p for p in module.backbone.parameters() if p.requires_grad]
+
+    def norm(loss):
+        for p in weights:
+            p.grad = None
+        loss.backward(retain_graph=True)
+        return sum(float((p.grad ** 2).sum()) for p in weights if p.grad is not None) ** 0.5
+
+    expected = norm(term) / norm(out.loss)
+    assert expected > 1e-4  # the term does reach the backbone
+    assert mesa.pending[1]["grad_share"] == pytest.approx(expected, rel=1e-4)

@@ -87,6 +87,16 @@ def test_rows_from_another_protocol_are_refused_with_one_line_naming_the_cell(tm
     assert message.startswith("simclr seed 0:") and "optim.lr=9" in message
 
 
+def test_a_row_trained_in_another_precision_is_refused(tmp_path):
+    """`auto` would pick bf16 on AMX/AVX512-BF16 CPUs and fp32 elsewhere: rows of both must never be paired."""
+    fp = protocol.fingerprint(protocol.budget_overrides("reduced"))
+    row = {"cell": "simclr", "seed": 0, "protocol": fp, "precision": "bf16-mixed"}
+    with pytest.raises(UserError, match="^simclr seed 0: .*bf16-mixed, the protocol's precision is 32-true"):
+        protocol.check_row(row, fp, tmp_path / "seed0.json")
+    protocol.check_row({**row, "precision": "32-true"}, fp, tmp_path / "seed0.json")
+    protocol.check_row({"cell": "raw-pixels", "seed": 0, "protocol": fp}, fp, tmp_path / "seed0.json")  # a floor
+
+
 def test_fingerprint_follows_the_protocol_settings_and_ignores_the_data_folder():
     reduced = protocol.budget_overrides("reduced")
     fp = protocol.fingerprint(reduced)

@@ -25,7 +25,7 @@ from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import read_curve, render_curves
 from sharpshift.bench.floors import FLOORS, evaluate_floor
 from sharpshift.bench.paired import Comparison, Metric, compare, render_comparisons
-from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint, protocol_config
+from sharpshift.bench.protocol import PROTOCOL_PRECISION, budget_overrides, check_row, fingerprint, protocol_config
 from sharpshift.config import METHOD_DEFAULTS, load_config
 from sharpshift.errors import UserError
 from sharpshift.mechanisms import FILE as MECHANISMS_FILE
@@ -173,6 +173,11 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
     if row is not None and row.get("protocol") != expected:
         log(f"{cell.name} seed {seed}: recorded under protocol {row.get('protocol')}, now {expected}: made again")
         row = None
+    if row is not None and row.get("precision") not in (None, PROTOCOL_PRECISION):
+        log(f"{cell.name} seed {seed}: trained in {row['precision']}, the protocol's is {PROTOCOL_PRECISION}: "
+            "made again")
+        row = None
+        shutil.rmtree(run_dir, ignore_errors=True)
     if row is not None and not same_spec(row, cell):
         log(f"{cell.name} seed {seed}: recorded as {row['cell_spec']}, now defined as {cell_spec(cell)}: made again")
         row = None
@@ -238,7 +243,8 @@ def _train(cell: Cell, overrides: list[str], run_dir: Path, protocol: str) -> No
 
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run or one from another protocol: start it again
-    cfg = load_config(cell.config, [*overrides, "trainer.progress_bar=false", "report.after_training=false"])
+    cfg = load_config(cell.config, [*overrides, "trainer.progress_bar=false", "report.after_training=false",
+                                    f"trainer.precision={PROTOCOL_PRECISION}"])
     run_dir.mkdir(parents=True)
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)

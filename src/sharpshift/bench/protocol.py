@@ -21,6 +21,10 @@ PROTOCOL_VERSION = 2  # 1: the round-1 grid (no hold-out, per-seed test subsets)
 # epoch), the whole test split for the final numbers. The monitor's memory bank is 5,000 pretraining images
 # (the curve is for shape, not for the tables; the final kNN uses the full train split).
 PROTOCOL = ["data.val_fraction=0.1", "data.test_subset=0", "eval.knn_every_n_epochs=1", "eval.knn_monitor_train=5000"]
+# Every grid run trains in fp32, on every CPU (the grid appends it last): `auto` picks bf16 where the CPU has
+# AMX/AVX512-BF16 and fp32 elsewhere, and a paired comparison must not mix them. Each row records its
+# precision; every row recorded before this pin was fp32.
+PROTOCOL_PRECISION = "32-true"
 
 BUDGETS = {
     # the README demo's budget: all 54k training images (60k less the hold-out), 5 epochs
@@ -73,7 +77,11 @@ def fingerprint(overrides: list[str]) -> str:
 
 
 def check_row(row: dict, expected: str, row_file: Path) -> None:
-    """Refuse a row made under another protocol (one line naming the cell, the file and the fix)."""
+    """Refuse a row made under another protocol or precision (one line naming the cell, the file and the fix)."""
+    if row.get("precision") not in (None, PROTOCOL_PRECISION):  # None: a floor row (nothing trained)
+        raise UserError(f"{row.get('cell')} seed {row.get('seed')}: {row_file} was trained in {row['precision']}, "
+                        f"the protocol's precision is {PROTOCOL_PRECISION}; run the grid without --collect-only "
+                        "to make the row again")
     found = row.get("protocol")
     if found != expected:
         raise UserError(f"{row.get('cell')} seed {row.get('seed')}: {row_file} was recorded under protocol "

@@ -63,7 +63,9 @@ def views_kl(now: list[torch.Tensor], target: list[torch.Tensor] | torch.Tensor,
 
 class TrajectoryFigures:
     """The mechanism figures of SAF and MESA, taken on a due step's first pass: the weighted term, its gradient
-    on the backbone features relative to the rest of the loss's, and the mean ||z|| of the projections."""
+    on the backbone's weights relative to the rest of the loss's, and the mean ||z|| of the projections.
+    (The gradient is taken on the weights, not on `out.feats`: those are chunks of one concatenated tensor, and
+    the loss reaches the whole tensor, not its chunks, so a gradient on them is None and the share read 0.)"""
 
     pending: tuple[int, dict] | None = None
 
@@ -74,13 +76,16 @@ class TrajectoryFigures:
         z = projections(out)
         figures = {"term": float(term.detach()), "z_norm": float(torch.stack([v.detach().float().norm(dim=-1).mean()
                                                                               for v in z]).mean())}
-        feats = [f for f in out.feats if f.requires_grad]
-        if torch.is_grad_enabled() and feats:
-            g_term = torch.autograd.grad(term, feats, retain_graph=True, allow_unused=True)
-            g_rest = torch.autograd.grad(out.loss, feats, retain_graph=True, allow_unused=True)
-            norm = lambda gs: float(sum((g.float() ** 2).sum() for g in gs if g is not None)) ** 0.5  # noqa: E731
-            figures["grad_share"] = norm(g_term) / max(norm(g_rest), 1e-30)
+        weights = [p for p in method.backbone.parameters() if p.requires_grad]
+        if torch.is_grad_enabled() and weights and term.requires_grad:
+            figures["grad_share"] = grad_norm(term, weights) / max(grad_norm(out.loss, weights), 1e-30)
         self.pending = (ctx.step, figures)
+
+
+def grad_norm(loss: torch.Tensor, weights: list[torch.Tensor]) -> float:
+    """||d loss / d weights||, the graph kept for the step's own backward."""
+    grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+    return float(sum((g.float() ** 2).sum() for g in grads if g is not None)) ** 0.5
 
 
 class SAF(TrajectoryFigures, nn.Module):
