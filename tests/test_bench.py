@@ -137,6 +137,8 @@ def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_pat
     folder = runs / "simclr" / "seed0"
     (folder / grid.GRID_FILE).write_text(json.dumps({"protocol": "0123456789ab"}))  # stale
     (folder / "discriminability.json").write_text(json.dumps({"crowding": 99.0}))
+    row_file = rec / "simclr" / "seed0.json"  # a recorded figure the retrained model will not reproduce
+    row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "linear_top1": -1.0}))
     stale = grid.refresh_headlines({**first, "diagnostics": {"discriminability": {}}}, runs)
     assert stale["diagnostics"]["discriminability"] == {}  # crowding 99 was not read
     logged = []
@@ -144,7 +146,8 @@ def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_pat
     assert any("training it again" in m for m in logged)
     assert json.loads((folder / grid.GRID_FILE).read_text())["protocol"] == first["protocol"]
     assert row["diagnostics"]["discriminability"]["crowding"] <= 1
-    assert row["linear_top1"] == first["linear_top1"]  # the row as recorded
+    # the row is the retrained folder's, accuracy and diagnostics from one model
+    assert row["linear_top1"] == json.loads((folder / "eval.json").read_text())["linear_top1"] != -1.0
 
 
 def test_diagnostics_table_flattens_and_averages():

@@ -195,6 +195,9 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         # model, so train its folder again (same config and seed) before measuring it
         log(f"{cell.name} seed {seed}: no run folder under protocol {expected}; training it again for {missing}")
         _remake_folder(cell, seed, budget, extra, root, run_dir, expected, record, log)
+        # a retrained model is not the recorded one (another CPU, other kernels): the row becomes the new
+        # folder's, accuracy and every diagnostic alike, so that no row mixes two models' figures
+        row, missing = collect(run_dir, cell, seed, expected), list(diagnostics)
     if missing and finished(run_dir, expected):
         for d in missing:
             diagnose(run_dir, d, extra)
@@ -334,8 +337,8 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
     ev = json.loads((run_dir / "eval.json").read_text())
     tr = json.loads((run_dir / "train.json").read_text())
     return {"cell": cell.name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(cell),
-            **{k: ev.get(k) for k in EVAL_FIGURES}, "train_seconds": tr["train_seconds"], "steps": tr["steps"], "precision": tr.get("precision"),
-            "cpu": tr.get("cpu"), "val_knn_curve": read_curve(run_dir),
+            **{k: ev.get(k) for k in EVAL_FIGURES}, "train_seconds": tr["train_seconds"], "steps": tr["steps"],
+            "precision": tr.get("precision"), "cpu": tr.get("cpu"), "val_knn_curve": read_curve(run_dir),
             "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}, **run_figures(run_dir)}
 
 
