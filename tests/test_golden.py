@@ -52,7 +52,12 @@ CASES = [(m, a) for a in ADDONS for m in METHODS if m in SUPPORTS.get(a, METHODS
 
 
 def machine() -> str:
-    return f"{cpu_name()} | {'avx512f' in cpu_flags()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    # the bf16 units too: two "AMD EPYC" machine types, both with avx512f, one with avx512_bf16, differ in the last
+    # bits of the MESA cases (measured at 2026-12-02's session), so bits are compared only on the recording type
+    flags = cpu_flags()
+    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    return (f"{cpu_name()} | {'avx512f' in flags} | bf16 units {bf16} | torch {torch.__version__} | "
+            f"{torch.get_num_threads()} threads")
 
 
 class Terms(L.Callback):
