@@ -81,26 +81,32 @@ def test_the_default_trajectory_form_is_scale_free(form):
     assert SAFConfig().form == "normalised" and MESAConfig().form == "normalised"
 
 
-def test_mesa_first_term_with_identical_weights_is_zero_in_the_default_form():
+def mesa_first_step(form: str, log_every: int = 0):
+    """A tiny SimCLR + MESA module after one objective on 32 digits, its BatchNorm running statistics moved off
+    the batch's (as after some training): (module, the step's output, the weighted MESA term)."""
     from sharpshift.data.registry import load_dataset
     from sharpshift.steps import StepContext
     from sharpshift.train import build_module
 
-    terms = {}
-    for form in ("normalised", "logits"):
-        cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", f"mesa.form={form}")
-        train = load_dataset("digits", "train")
-        torch.manual_seed(0)
-        module = build_module(cfg, train)
-        with torch.no_grad():  # BatchNorm running statistics that differ from a batch's, as after some training
-            for m in module.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.add_(0.5)
-        module.train()
-        images = train.images[:32]
-        ctx = StepContext(images, train.labels[:32], torch.arange(32), module.views(images), 0, 0)
-        out = module.objective(ctx)
-        terms[form] = float(module.regularisers[0](module, ctx, out)["mesa"])
+    cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", f"mesa.form={form}")
+    train = load_dataset("digits", "train")
+    torch.manual_seed(0)
+    module = build_module(cfg, train)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.5)
+    module.train()
+    if log_every:
+        module.mechanisms = MechanismLog(every=log_every)
+    images = train.images[:32]
+    ctx = StepContext(images, train.labels[:32], torch.arange(32), module.views(images), 0, 0)
+    out = module.objective(ctx)
+    return module, out, module.regularisers[0](module, ctx, out)["mesa"]
+
+
+def test_mesa_first_term_with_identical_weights_is_zero_in_the_default_form():
+    terms = {form: float(mesa_first_step(form)[2]) for form in ("normalised", "logits")}
     assert terms["normalised"] == pytest.approx(0.0, abs=1e-6)
     assert terms["logits"] > 1e-3  # the official form's step-0 term measures the train/eval mismatch
 
@@ -152,25 +158,8 @@ def test_the_report_shows_the_mechanism_checks(tmp_path):
 def test_the_trajectory_terms_gradient_share_matches_a_hand_computed_one():
     """grad_share = ||d term / d backbone weights|| / ||d base loss / d backbone weights||, computed here by
     plain backward passes; it read 0 when it was taken on the chunked features, which the loss never reaches."""
-    from sharpshift.data.registry import load_dataset
-    from sharpshift.steps import StepContext
-    from sharpshift.train import build_module
-
-    cfg = tiny_config("simclr", "mesa.enabled=true", "mesa.start_epoch=0", "mesa.form=logits")
-    train = load_dataset("digits", "train")
-    torch.manual_seed(0)
-    module = build_module(cfg, train)
-    with torch.no_grad():  # a teacher whose running statistics differ from the batch's: a non-zero term
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.add_(0.5)
-    module.train()
-    module.mechanisms = MechanismLog(every=1)
-    images = train.images[:32]
-    ctx = StepContext(images, train.labels[:32], torch.arange(32), module.views(images), 0, 0)
-    out = module.objective(ctx)
+    module, out, term = mesa_first_step("logits", log_every=1)  # a non-zero term (the train/eval mismatch)
     mesa = module.regularisers[0]
-    term = mesa(module, ctx, out)["mesa"]
     weights = [p for p in module.backbone.parameters() if p.requires_grad]
 
     def norm(loss):
