@@ -138,7 +138,8 @@ def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_pat
     (folder / grid.GRID_FILE).write_text(json.dumps({"protocol": "0123456789ab"}))  # stale
     (folder / "discriminability.json").write_text(json.dumps({"crowding": 99.0}))
     row_file = rec / "simclr" / "seed0.json"  # a recorded figure the retrained model will not reproduce
-    row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "linear_top1": -1.0}))
+    row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "linear_top1": -1.0,
+                                    "machine": "Other CPU, bf16 units: none"}))
     stale = grid.refresh_headlines({**first, "diagnostics": {"discriminability": {}}}, runs)
     assert stale["diagnostics"]["discriminability"] == {}  # crowding 99 was not read
     logged = []
@@ -148,6 +149,11 @@ def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_pat
     assert row["diagnostics"]["discriminability"]["crowding"] <= 1
     # the row is the retrained folder's, accuracy and diagnostics from one model
     assert row["linear_top1"] == json.loads((folder / "eval.json").read_text())["linear_top1"] != -1.0
+    # the replaced row named another machine type: it is kept, to pair with rows of that type
+    assert row["machine"] == grid.machine_type(json.loads((folder / "train.json").read_text()))
+    kept = rec / "simclr" / grid.KEPT_ROWS / "other-cpu-bf16-units-none" / "seed0.json"
+    assert json.loads(kept.read_text())["linear_top1"] == -1.0
+    assert [r["linear_top1"] for r in grid.kept_rows("simclr", 0, rec)] == [-1.0]
 
 
 def test_diagnostics_table_flattens_and_averages():
@@ -281,3 +287,28 @@ def test_learning_curve_read_from_metrics_and_averaged_over_seeds(tmp_path):
     assert mean_curves(rows) == {"a": pytest.approx([0.6, 0.8])}  # up to the shortest curve; b has none
     assert render_curves(rows, tmp_path / "c.png") and (tmp_path / "c.png").stat().st_size > 1000
     assert not render_curves(rows[2:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_a_rows_machine_type_is_its_cpu_and_bf16_units_and_unknown_before_they_were_recorded():
+    assert grid.machine_type({"cpu": "AMD EPYC", "bf16_units": ["avx512_bf16"]}) == "AMD EPYC, bf16 units: avx512_bf16"
+    assert grid.machine_type({"cpu": "AMD EPYC", "bf16_units": []}) == "AMD EPYC, bf16 units: none"
+    assert grid.machine_type({"cpu": "AMD EPYC"}) is None  # a train.json from before the field
+
+
+def test_a_comparison_pairs_each_row_with_the_bases_row_of_its_machine_type_where_one_is_kept():
+    from sharpshift.bench.paired import KEPT, Comparison, Partners, compare
+    x, y = "CPU, bf16 units: none", "CPU, bf16 units: avx512_bf16"
+    rows = [{"cell": "simclr", "seed": s, "machine": x, "linear_top1": 0.80, "knn_top1": 0.70} for s in range(3)]
+    rows += [{"cell": "simclr", "seed": s, "machine": y, "linear_top1": 0.60, "knn_top1": 0.50, KEPT: True}
+             for s in (0, 1)]  # seed 2 of type y was never made
+    rows += [{"cell": "sam-simclr", "seed": s, "machine": y, "linear_top1": 0.61, "knn_top1": 0.52} for s in range(3)]
+    (c, seeds, iv), = compare(rows, [Comparison("sam-simclr", "simclr", "equal epochs")])
+    # seeds 0 and 1 pair with the kept rows of type y; seed 2 falls back on simclr's own row (type x)
+    assert seeds == [0, 1, 2] and iv["linear"].diffs == pytest.approx((1.0, 1.0, -19.0))
+    assert iv["kNN"].diffs == pytest.approx((2.0, 2.0, -18.0))
+    partners = Partners(rows)
+    assert partners.of("simclr", 0, {"machine": x})["linear_top1"] == 0.80  # its own row, of the same type
+    assert partners.of("simclr", 5, {"machine": y}) is None
+    # the kept rows pair only: simclr against itself compares its own rows, and they are not counted as seeds
+    (_, seeds, iv), = compare(rows, [Comparison("simclr", "simclr", "x")])
+    assert seeds == [0, 1, 2] and iv["linear"].diffs == (0.0, 0.0, 0.0)

@@ -124,6 +124,7 @@ def test_pretrain_reports_the_precision_choice_first_and_the_speed_in_train_json
     assert first[0] == "precision: 32-true (set by trainer.precision)" and first[1].startswith("cpu: ")
     summary = json.loads((run / "train.json").read_text())
     assert summary["precision"] == "32-true" and summary["precision_reason"] == "set by trainer.precision"
+    assert summary["bf16_units"] == P.bf16_units() and summary["cpu"] == P.cpu_name()  # the machine type
     speed = summary["speed"]
     assert speed["steps"] == summary["steps"] == 4 and speed["images_per_step"] == 32 and speed["views_per_image"] == 2
     assert speed["whole_run_views_per_second"] == pytest.approx(2 * speed["whole_run_images_per_second"], rel=1e-3)

@@ -1,6 +1,7 @@
 """`bench study`: the claims' arms are real cells, the mechanism check and the verdict follow their rule on rows
 whose answer is known, and --collect-only rebuilds the sections and the summary from recorded rows."""
 import json
+import shutil
 
 import pytest
 
@@ -165,3 +166,70 @@ def test_unknown_claim_and_a_row_of_another_protocol_are_refused(tmp_path):
     (tmp_path / "long" / "simclr" / "seed0.json").write_text(json.dumps(stale))
     with pytest.raises(UserError, match="simclr"):
         study.run_study("ssa", "0", tmp_path, tmp_path / "r.md", tmp_path, True, None, "cmd")
+
+
+def test_gap_closed_is_the_per_seed_share_of_the_base_to_reference_gap_with_its_t_interval():
+    from sharpshift.bench.paired import ACCURACY, paired_interval
+    base, ref, arm = (0.80, 0.81, 0.79, 0.80), (0.90, 0.89, 0.91, 0.80), (0.85, 0.81, 0.82, 0.83)
+    rows = [row(c, s, v[s]) for c, v in (("simclr", base), ("supervised", ref), ("dsa-simclr", arm)) for s in range(4)]
+    gap = study.CLAIMS["dsa-simclr"].gap_closed
+    shares, left_out = gap.shares(rows, "dsa-simclr", ACCURACY[0])
+    # by hand: (arm - base) / (ref - base) = 5/10, 0/8, 3/12; seed 3 has no gap (reference = base) and is left out
+    assert list(shares) == [0, 1, 2] and shares == pytest.approx({0: 0.5, 1: 0.0, 2: 0.25}) and left_out == [3]
+    iv = paired_interval([0.5, 0.0, 0.25])
+    table = gap.table(rows)
+    assert f"{iv.mean:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] (seed 3 left out: no gap)" in table
+    assert "| dsa-simclr | 0,1,2 | +0.50 / +0.00 / +0.25 |" in table
+    assert "dsa-simclr-official" not in table  # an arm without rows gets no line
+    assert gap.table([r for r in rows if r["cell"] != "supervised"]) == ""
+
+
+def test_machine_note_names_each_arms_machine_types_and_the_pairs_that_span_two():
+    a, b = "CPU, bf16 units: none", "CPU, bf16 units: avx512_bf16"
+    rows = [row("simclr", s, 0.8, machine=a) for s in range(3)]
+    rows += [row("sam-simclr", 0, 0.8, machine=a), row("sam-simclr", 1, 0.8, machine=b), row("sam-simclr", 2, 0.8)]
+    rows += [row("fourier-simclr", s, 0.8, machine=a) for s in range(3)]
+    note = study.machine_note(rows, [study.ee("sam-simclr", "simclr"), study.ee("fourier-simclr", "simclr")])
+    assert f"simclr: {a};" in note and f"sam-simclr: {b} and {a} and not recorded" in note
+    # seed 1 pairs two types; seed 2's type is not recorded, so it is not said to differ
+    assert note.endswith("Comparisons that pair rows of two types: sam-simclr - simclr (seed 1).\n")
+    assert study.machine_note(rows[:3] + rows[-3:], [study.ee("fourier-simclr", "simclr")]).endswith(": none.\n")
+
+
+def test_collect_only_pairs_each_arm_with_the_base_rows_kept_from_its_own_machine_type(tmp_path):
+    x, y = "CPU, bf16 units: none", "CPU, bf16 units: avx512_bf16"
+    record, files = tmp_path / "grid", {}
+    for r in ssa_rows(0.02, 0.01):  # every arm made on type y ...
+        files[(r["cell"], r["seed"])] = {**r, "machine": y}
+    for s in range(3):  # ... SimCLR retrained on type x, 5 points higher there; its type-y rows kept
+        kept = files[("simclr", s)]
+        files[("simclr", s)] = {**kept, "machine": x, "linear_top1": kept["linear_top1"] + 0.05}
+        files[("simclr-kept", s)] = kept
+    for (cell, seed), r in files.items():
+        path = record / "long" / (f"simclr/machines/type-y/seed{seed}.json" if cell == "simclr-kept"
+                                  else f"{cell}/seed{seed}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+    stale = record / "long" / "simclr" / "machines" / "old-protocol" / "seed0.json"  # pairs nothing, refused never
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({**files[("simclr", 0)], "machine": "z", "protocol": "000000000000"}))
+    doc = tmp_path / "results.md"
+    outcome, = study.run_study("ssa", "0,1,2", tmp_path / "runs", doc, record, True, None, "cmd",
+                               log=lambda m: None).values()
+    assert outcome.verdict == "supported at our scale" and outcome.effect.startswith("equal epochs: +2.")
+    text = doc.read_text()
+    assert f"simclr: {x} (kept for pairing: {y})" in text and "pair rows of two types: none" in text
+    assert "| simclr | 3 | 85." in text  # the table shows SimCLR's own rows (80 + 5), not the kept ones
+    shutil.rmtree(record / "long" / "simclr" / "machines")
+    outcome, = study.run_study("ssa", "0,1,2", tmp_path / "runs", doc, record, True, None, "cmd",
+                               log=lambda m: None).values()
+    assert outcome.effect.startswith("equal epochs: -2.") and "sam-simclr - simclr (seed 0,1,2)" in doc.read_text()
+
+
+def test_cost_note_gives_each_equal_cost_arms_measured_train_time_ratio_beside_the_assumed_one():
+    rows = [{**row("simclr", s, 0.8), "train_seconds": t} for s, t in enumerate((100.0, 200.0))]
+    rows += [{**row("dsa-simclr", s, 0.8), "train_seconds": t} for s, t in enumerate((250.0, 380.0))]
+    rows += [row("simclr@1.5x", s, 0.8) for s in range(2)]
+    note = study.cost_note(rows, [study.ee("dsa-simclr", "simclr"), study.ec("dsa-simclr", "simclr@1.5x")])
+    assert "dsa-simclr over simclr: 2.50 / 1.90x (simclr@1.5x assumes 1.5x)" in note
+    assert study.cost_note(rows, [study.ee("dsa-simclr", "simclr")]) == ""  # no equal-cost arm, no note

@@ -22,7 +22,7 @@ from sharpshift.export import atomic_write_text, export_backbone
 from sharpshift.methods import METHODS
 from sharpshift.models import backbone_arch
 from sharpshift.nonfinite import NonFiniteLoss
-from sharpshift.precision_choice import choose_for, cpu_name
+from sharpshift.precision_choice import bf16_units, choose_for, cpu_name
 from sharpshift.process_env import THREAD_NOTE_ENV
 from sharpshift.throughput import Throughput
 from sharpshift.tracking import build_loggers, finish_mlflow_run, start_mlflow_run
@@ -124,7 +124,10 @@ def set_up_cpu(cfg: Config) -> dict:
     if cfg.trainer.flush_denormal:
         torch.set_flush_denormal(True)  # bf16 steps ~10% faster here (docs/benchmarks.md); a no-op where unsupported
     choice = choose_for(cfg)
-    machine = {"precision_reason": choice.reason, "cpu": cpu_name(), "threads": torch.get_num_threads(),
+    # the bf16 units name the machine type too: fp32 runs repeat bit for bit on one type, not across two
+    # "AMD EPYC" types that differ in them (docs/results.md, "The papers' claims, tested")
+    machine = {"precision_reason": choice.reason, "cpu": cpu_name(), "bf16_units": bf16_units(),
+               "threads": torch.get_num_threads(),
                "thread_setting": os.environ.get(THREAD_NOTE_ENV, "not set up by the sharpshift command")}
     if first_process():
         print(f"precision: {choice.precision} ({choice.reason})", flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,9 @@ CELLS = {c.name: c for c in [
       for m in ("simclr", "byol")],
     Cell("supervised", "simclr", kind="supervised"),
 ]}
+# a cell's rows from other machine types, kept when a retrain on another type replaced its row: each pairs
+# with the rows made on its own type (paired.Partners); under docs/grid/<budget>/<cell>/machines/<type>/
+KEPT_ROWS = "machines"
 PRIOR = "simclr"  # the cell whose run folder of the same seed is DSA's prior
 # `diagnose` sub-commands the grid can run on a finished cell, with the arguments it uses (cheap settings:
 # no landscapes, no t-SNE; run the command yourself on a run folder for the pictures). Sharpness is measured
@@ -196,8 +200,11 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         log(f"{cell.name} seed {seed}: no run folder under protocol {expected}; training it again for {missing}")
         _remake_folder(cell, seed, budget, extra, root, run_dir, expected, record, log)
         # a retrained model is not the recorded one (another CPU, other kernels): the row becomes the new
-        # folder's, accuracy and every diagnostic alike, so that no row mixes two models' figures
-        row, missing = collect(run_dir, cell, seed, expected), list(diagnostics)
+        # folder's, accuracy and every diagnostic alike, so that no row mixes two models' figures; the old row,
+        # where it names another machine type, is kept to pair with the rows made on that type
+        old, row, missing = row, collect(run_dir, cell, seed, expected), list(diagnostics)
+        if record and old.get("machine") and old["machine"] != row.get("machine"):
+            _record(old, kept_file(record, cell.name, seed, old["machine"]))
     if missing and finished(run_dir, expected):
         for d in missing:
             diagnose(run_dir, d, extra)
@@ -233,6 +240,15 @@ def refresh_headlines(row: dict, root: Path) -> dict:
         if file.is_file():
             row["diagnostics"][name] = _headline(name, json.loads(file.read_text()), root, row["seed"])
     return row
+
+
+def kept_file(record: Path, name: str, seed: int, machine: str) -> Path:
+    return record / name / KEPT_ROWS / re.sub(r"[^a-z0-9]+", "-", machine.lower()).strip("-") / f"seed{seed}.json"
+
+
+def kept_rows(name: str, seed: int, record: Path) -> list[dict]:
+    """The cell's rows of `seed` kept from other machine types (KEPT_ROWS), each naming its type."""
+    return [json.loads(f.read_text()) for f in sorted((record / name / KEPT_ROWS).glob(f"*/seed{seed}.json"))]
 
 
 def recorded_row(name: str, seed: int, record: Path) -> dict | None:
@@ -338,8 +354,16 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
     tr = json.loads((run_dir / "train.json").read_text())
     return {"cell": cell.name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(cell),
             **{k: ev.get(k) for k in EVAL_FIGURES}, "train_seconds": tr["train_seconds"], "steps": tr["steps"],
-            "precision": tr.get("precision"), "cpu": tr.get("cpu"), "val_knn_curve": read_curve(run_dir),
+            "precision": tr.get("precision"), "cpu": tr.get("cpu"), "machine": machine_type(tr),
+            "val_knn_curve": read_curve(run_dir),
             "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}, **run_figures(run_dir)}
+
+
+def machine_type(train: dict) -> str | None:
+    """The machine type a run was trained on: its CPU and its bf16 units (None where train.json predates them)."""
+    if "bf16_units" not in train:
+        return None
+    return f"{train.get('cpu')}, bf16 units: {', '.join(train['bf16_units']) or 'none'}"
 
 
 def comparisons(names: list[str], costs: dict[str, float]) -> list[Comparison]:

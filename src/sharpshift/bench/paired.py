@@ -69,24 +69,47 @@ class Comparison:
     kind: str  # "equal epochs", "equal cost (x1.3)", "against the floor"
 
 
+# a row kept from another machine type (grid.KEPT_ROWS): not a cell's row of its own, only a partner for rows
+# of that type; fp32 rows repeat bit for bit on one machine type and not across types (docs/results.md)
+KEPT = "kept_for_pairing"
+
+
 def by_seed(rows: list[dict]) -> dict[str, dict[int, dict]]:
+    """{cell: {seed: row}} of each cell's own rows (rows kept for pairing left out)."""
     out: dict[str, dict[int, dict]] = {}
     for r in rows:
-        out.setdefault(r["cell"], {})[r["seed"]] = r
+        if not r.get(KEPT):
+            out.setdefault(r["cell"], {})[r["seed"]] = r
     return out
+
+
+class Partners:
+    """A cell's row to pair with another row of the same seed: the one made on the same machine type where one
+    is kept, else the cell's own row."""
+
+    def __init__(self, rows: list[dict]):
+        self.own = by_seed(rows)
+        self.kept = {(r["cell"], r["seed"], r.get("machine")): r for r in rows if r.get(KEPT)}
+
+    def of(self, cell: str, seed: int, like: dict) -> dict | None:
+        own = self.own.get(cell, {}).get(seed)
+        if own is None or own.get("machine") == like.get("machine"):
+            return own
+        return self.kept.get((cell, seed, like.get("machine")), own)
 
 
 def compare(rows: list[dict], comparisons: list[Comparison], metrics: tuple[Metric, ...] = ACCURACY
             ) -> list[tuple[Comparison, list[int], dict]]:
-    """For each comparison whose cells share seeds with every metric: (it, the seeds, {label: Interval})."""
-    cells = by_seed(rows)
+    """For each comparison whose cells share seeds with every metric: (it, the seeds, {label: Interval}); each
+    of a's rows is paired with b's row of its seed and, where one is kept, of its machine type."""
+    cells, partners = by_seed(rows), Partners(rows)
     out = []
     for c in comparisons:
-        a, b = cells.get(c.a, {}), cells.get(c.b, {})
-        seeds = sorted(s for s in set(a) & set(b) if all(m.of(a[s]) is not None and m.of(b[s]) is not None
-                                                         for m in metrics))
+        pairs = {s: (r, partners.of(c.b, s, r)) for s, r in sorted(cells.get(c.a, {}).items())}
+        seeds = [s for s, (x, y) in pairs.items() if y is not None and all(m.of(x) is not None and m.of(y) is not None
+                                                                         for m in metrics)]
         if seeds:
-            out.append((c, seeds, {m.label: paired_interval([m.of(a[s]) - m.of(b[s]) for s in seeds])
+            out.append((c, seeds, {m.label: paired_interval([m.of(pairs[s][0]) - m.of(pairs[s][1]) for s in seeds])
                                    for m in metrics}))
     return out
 

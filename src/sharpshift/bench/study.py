@@ -15,10 +15,10 @@ from typing import Callable
 
 from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import render_curves
-from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, parse_seeds, recorded_row, refresh_headlines, run_cell,
-                                   same_spec)
-from sharpshift.bench.paired import ACCURACY, Comparison, Interval, Metric, by_seed, compare, paired_interval, \
-    render_comparisons
+from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, kept_rows, parse_seeds, recorded_row,
+                                   refresh_headlines, run_cell, same_spec)
+from sharpshift.bench.paired import ACCURACY, KEPT, Comparison, Interval, Metric, Partners, by_seed, compare, \
+    paired_interval, render_comparisons
 from sharpshift.bench.protocol import budget_overrides, check_row, fingerprint
 from sharpshift.errors import UserError
 
@@ -45,16 +45,60 @@ class Check:
     value: float = 0.0
 
     def interval(self, rows: list[dict]) -> tuple[list[int], Interval] | None:
-        cells = by_seed(rows)
-        a, b = cells.get(self.cell, {}), cells.get(self.b_cell or self.cell, {})
+        a, partners = by_seed(rows).get(self.cell, {}), Partners(rows)
         diffs, seeds = [], []
         for seed in sorted(a):
             x = self.metric.of(a[seed])
-            y = self.value if self.b_metric is None else (self.b_metric.of(b[seed]) if seed in b else None)
+            b = partners.of(self.b_cell or self.cell, seed, a[seed])
+            y = self.value if self.b_metric is None else (self.b_metric.of(b) if b is not None else None)
             if x is not None and y is not None:
                 diffs.append(x - y)
                 seeds.append(seed)
         return (seeds, paired_interval(diffs)) if diffs else None
+
+
+@dataclass(frozen=True)
+class GapClosed:
+    """The share of the base-to-reference gap an arm closes, (arm - base) / (reference - base), seed by seed: 0 is
+    the base's accuracy, 1 the reference's (the supervised one). Its interval is Student's t over the per-seed
+    shares; a seed whose reference does not beat its base (no gap to close) is left out and said so."""
+
+    base: str
+    reference: str
+    arms: tuple[str, ...]
+
+    def shares(self, rows: list[dict], arm: str, metric: Metric) -> tuple[dict[int, float], list[int]]:
+        """{seed: share} over the seeds with all three rows, and the seeds left out for want of a gap."""
+        partners = Partners(rows)
+        figures = {s: (metric.of(r), *(metric.of(b) if b else None for b in
+                                       (partners.of(self.base, s, r), partners.of(self.reference, s, r))))
+                   for s, r in sorted(by_seed(rows).get(arm, {}).items())}
+        seeds = [s for s, f in figures.items() if None not in f]
+        gap = {s: figures[s][2] - figures[s][1] for s in seeds}
+        return ({s: (figures[s][0] - figures[s][1]) / gap[s] for s in seeds if gap[s] > 0},
+                [s for s in seeds if gap[s] <= 0])
+
+    def table(self, rows: list[dict], metrics: tuple[Metric, ...] = ACCURACY) -> str:
+        lines = []
+        for arm in self.arms:
+            cols, seeds = [], set()
+            for m in metrics:
+                shares, left_out = self.shares(rows, arm, m)
+                if len(shares) < 2:
+                    break
+                seeds |= set(shares)
+                cols += [" / ".join(f"{v:+.2f}" for v in shares.values()), _ci(paired_interval(list(shares.values())))
+                         + (f" (seed {','.join(map(str, left_out))} left out: no gap)" if left_out else "")]
+            if len(cols) == 2 * len(metrics):
+                lines.append(f"| {arm} | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cols) + " |")
+        if not lines:
+            return ""
+        head = " | ".join(f"{m.label}: per seed | {m.label}: mean [95% CI]" for m in metrics)
+        return (f"\n**Share of the {self.base}-to-{self.reference} gap closed**, (arm - {self.base}) / "
+                f"({self.reference} - {self.base}) on test top-1, seed by seed (0: the base's accuracy, 1: the "
+                "reference's); 95% Student-t interval over the seeds' shares, not adjusted for the number of "
+                "arms.\n\n| arm | seeds | " + head + " |\n" + "|---" * (2 + 2 * len(metrics)) + "|\n"
+                + "\n".join(lines) + "\n")
 
 
 @dataclass(frozen=True)
@@ -72,6 +116,7 @@ class Claim:
     readouts: tuple[Metric, ...] = ()  # paired over the section's comparisons, besides the accuracies
     mechanisms: tuple[str, ...] = ()  # add-ons whose mechanisms.json summaries the section tabulates
     precondition: Check | None = None  # what the setting must show for the claim to be testable at all
+    gap_closed: GapClosed | None = None  # the share of the gap to a reference that the arms close
 
 
 def ee(a: str, b: str) -> Comparison:
@@ -139,7 +184,8 @@ CLAIMS = {c.key: c for c in [
             Check("the relations put more of their mass on same-class pairs than the base rate", f"dsa-{m}",
                   Metric("same-class mass", ("mechanisms", "dsa", "same_class_mass")), "higher",
                   b_metric=Metric("base rate", ("mechanisms", "dsa", "same_class_base_rate"))),
-            diagnose=("discriminability",), readouts=PAIRED_FIGURES["discriminability"], mechanisms=("dsa",))
+            diagnose=("discriminability",), readouts=PAIRED_FIGURES["discriminability"], mechanisms=("dsa",),
+            gap_closed=GapClosed(m, "supervised", (f"dsa-{m}", f"dsa-{m}-official", f"dsa-{m}-uniform")))
       for m, name in (("simclr", "SimCLR"), ("byol", "BYOL"))],
 ]}
 
@@ -228,6 +274,10 @@ def study_rows(claim: Claim, seeds: list[int], root: Path, record: Path, collect
                 row = run_cell(cell, seed, overrides, root / claim.budget, extra, record=record / claim.budget,
                                diagnostics=list(claim.diagnose), log=log)
             rows.append(with_derived(row))
+            for other in kept_rows(arm, seed, record / claim.budget):  # the cell's rows of other machine types
+                if other.get("protocol") == row["protocol"] and other.get("precision") == row.get("precision") \
+                        and same_spec(other, cell):  # one kept from another protocol or definition pairs nothing
+                    rows.append(with_derived({**other, KEPT: True}))
     return rows, missing
 
 
@@ -241,14 +291,53 @@ def _mechanism_table(rows: list[dict], addons: tuple[str, ...]) -> str:
     return grid_tables.render_diagnostics(flat, [f"mechanisms: {a}" for a in addons])
 
 
+def machine_note(rows: list[dict], pairs: list[Comparison]) -> str:
+    """Which machine type made each arm's rows (and the rows kept from other types), and the comparisons that
+    still pair rows of two types: an fp32 row repeats bit for bit on its type, not across types, so such a
+    pair's difference carries the machines' variation too."""
+    cells, partners = by_seed(rows), Partners(rows)
+    kept = {}
+    for r in rows:
+        if r.get(KEPT):
+            kept.setdefault(r["cell"], set()).add(r.get("machine"))
+    arms = "; ".join(f"{arm}: {' and '.join(sorted({r.get('machine') or 'not recorded' for r in seeds.values()}))}"
+                     + (f" (kept for pairing: {' and '.join(sorted(kept[arm]))})" if arm in kept else "")
+                     for arm, seeds in cells.items())
+    mixed = []
+    for c in pairs:
+        seeds = [s for s, r in sorted(cells.get(c.a, {}).items()) if (b := partners.of(c.b, s, r)) is not None
+                 and None not in (r.get("machine"), b.get("machine")) and r["machine"] != b["machine"]]
+        if seeds:
+            mixed.append(f"{c.a} - {c.b} (seed {','.join(map(str, seeds))})")
+    return (f"\n**Machine types** (an fp32 row repeats bit for bit on its type, not across types; each comparison "
+            f"pairs rows of one type where the base's row of that type is kept): {arms}. Comparisons that pair rows "
+            f"of two types: {', '.join(mixed) or 'none'}.\n")
+
+
+def cost_note(rows: list[dict], pairs: list[Comparison]) -> str:
+    """For each equal-cost comparison, the add-on's train time over its base's, seed by seed, beside the ratio
+    its equal-cost arm assumes (`bench speed`'s step costs, taken at another width and batch)."""
+    cells, partners = by_seed(rows), Partners(rows)
+    parts = []
+    for c in pairs:
+        base, _, assumed = c.b.rpartition("@")
+        ratios = [r["train_seconds"] / b["train_seconds"] for s, r in sorted(cells.get(c.a, {}).items())
+                  if base and (b := partners.of(base, s, r)) is not None and b.get("train_seconds")]
+        if ratios:
+            parts.append(f"{c.a} over {base}: {' / '.join(f'{x:.2f}' for x in ratios)}x ({c.b} assumes {assumed})")
+    return ("\n**Measured cost** (train time over the base's, per seed; wall clock, so a run that shared the CPU "
+            "with another job reads slow): " + "; ".join(parts) + ".\n") if parts else ""
+
+
 def render_claim(claim: Claim, rows: list[dict], missing: list[str], result: Outcome, doc: Path, command: str,
                  protocol: str) -> str:
-    summary = grid_tables.summarise(rows)
+    own = [r for r in rows if not r.get(KEPT)]  # the arms' own rows; the kept ones only pair
+    summary = grid_tables.summarise(own)
     plot = doc.parent / "results" / f"study-{claim.key}.png"
     curves = doc.parent / "results" / f"study-{claim.key}_curves.png"
     if summary:
         grid_tables.render_plot(summary, plot)
-    has_curves = render_curves(rows, curves)
+    has_curves = render_curves(own, curves)
     pairs = [*claim.headline, *claim.more]
     paired = render_comparisons(compare(rows, pairs, ACCURACY))
     readouts = render_comparisons(compare(rows, pairs, claim.readouts), unit="the figure's units", digits=4) \
@@ -259,10 +348,13 @@ def render_claim(claim: Claim, rows: list[dict], missing: list[str], result: Out
            f"![linear and kNN top-1 per arm](results/{plot.name})\n" if summary else "",
            f"\nNot run (yet): {', '.join(missing)}.\n" if missing else "",
            f"\n**Comparisons, paired**: {paired}" if paired else "",
+           machine_note(rows, pairs) if rows else "",
+           cost_note(rows, pairs),
            f"\n**Readouts, paired**: {readouts}" if readouts else "",
+           claim.gap_closed.table(rows) if claim.gap_closed else "",
            f"\n![kNN on the validation hold-out per epoch](results/{curves.name})\n" if has_curves else "",
-           grid_tables.render_diagnostics(rows, list(claim.diagnose)) if claim.diagnose else "",
-           _mechanism_table(rows, claim.mechanisms) if claim.mechanisms else "",
+           grid_tables.render_diagnostics(own, list(claim.diagnose)) if claim.diagnose else "",
+           _mechanism_table(own, claim.mechanisms) if claim.mechanisms else "",
            f"\n**Mechanism on?** {result.mechanism}: {result.mechanism_text}.\n",
            f"\n**Headline** (test linear top-1, points): {result.effect}. **Verdict: {result.verdict}.**\n"]
     return "".join(out)
