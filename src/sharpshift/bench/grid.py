@@ -7,7 +7,8 @@ folder with eval.json made under the budget's protocol is finished and is read, 
 started afresh. Every row records the protocol's fingerprint (bench.protocol), the digests of the splits it
 used, its validation figures and its kNN learning curve. The floors (raw pixels, a random encoder) are rows
 too, one per seed. Diagnostics (`diagnose ...`) run on the finished folder; their figures and the settings
-they ran with are added to the row."""
+they ran with are added to the row. Rows name the machine type they were trained on (fp32 runs repeat bit for
+bit on one type only); a row replaced by a retrain on another type is kept (KEPT_ROWS) for pairing."""
 from __future__ import annotations
 
 import json
