@@ -1,5 +1,6 @@
 """The benchmark machinery (not the benchmarks): grid resume, statistics, table rendering."""
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -63,7 +64,6 @@ def test_recorded_row_is_reused_without_a_run_folder(tmp_path, monkeypatch):
     cell = grid.Cell("simclr", "simclr")
     row = grid.run_cell(cell, 0, TINY, tmp_path / "runs", record=tmp_path / "rec")
     assert (tmp_path / "rec" / "simclr" / "seed0.json").is_file()
-    import shutil
 
     import sharpshift.train
 
@@ -154,6 +154,29 @@ def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_pat
     kept = rec / "simclr" / grid.KEPT_ROWS / "other-cpu-bf16-units-none" / "seed0.json"
     assert json.loads(kept.read_text())["linear_top1"] == -1.0
     assert [r["linear_top1"] for r in grid.kept_rows("simclr", 0, rec)] == [-1.0]
+
+
+def test_a_prior_remade_on_another_machine_type_becomes_the_simclr_row_and_the_old_row_is_kept(tmp_path):
+    """DSA's prior is SimCLR's run folder; where runs/ is empty it is trained again. On another machine type that
+    folder is another model than the recorded row: the row must become the folder's (its diagnostics measured
+    again on it), or the row's accuracy and the folder's diagnostics would mix two models."""
+    runs, rec = tmp_path / "runs", tmp_path / "rec"
+    row_file = rec / "simclr" / "seed0.json"
+    grid.run_cell(grid.CELLS["simclr"], 0, TINY, runs, record=rec)
+    shutil.rmtree(runs / "simclr")  # a fresh checkout: rows, no run folders
+    row_file.write_text(json.dumps({**json.loads(row_file.read_text()), "linear_top1": -1.0,
+                                    "machine": "Other CPU, bf16 units: none",
+                                    "diagnostics": {"discriminability": {"crowding": 99.0}}}))
+    logged = []
+    grid.run_cell(grid.CELLS["dsa-simclr"], 0, TINY, runs, record=rec, log=logged.append)
+    folder = runs / "simclr" / "seed0"
+    row = json.loads(row_file.read_text())
+    assert row["linear_top1"] == json.loads((folder / "eval.json").read_text())["linear_top1"] != -1.0
+    assert row["machine"] == grid.folder_machine(folder) and any("the row is the folder's" in m for m in logged)
+    assert 0 <= row["diagnostics"]["discriminability"]["crowding"] <= 1  # measured again, on the folder
+    assert [r["linear_top1"] for r in grid.kept_rows("simclr", 0, rec)] == [-1.0]
+    logged.clear()  # read back: the same row, nothing replaced or trained again
+    assert grid.run_cell(grid.CELLS["simclr"], 0, TINY, runs, record=rec, log=logged.append) == row and not logged
 
 
 def test_diagnostics_table_flattens_and_averages():

@@ -187,6 +187,16 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         log(f"{cell.name} seed {seed}: recorded as {row['cell_spec']}, now defined as {cell_spec(cell)}: made again")
         row = None
         shutil.rmtree(run_dir, ignore_errors=True)
+    if row is not None and cell.kind != "floor" and finished(run_dir, expected) and (
+            other := folder_machine(run_dir)) and row.get("machine") and other != row["machine"]:
+        # the folder was trained again on another machine type (DSA's prior is remade where runs/ is empty): it
+        # is not the row's model, so the row becomes the folder's, its diagnostics measured again
+        log(f"{cell.name} seed {seed}: recorded on {row['machine']}, its run folder on {other}: the row is the "
+            "folder's now")
+        diagnostics = [*diagnostics, *[d for d in row.get("diagnostics", {}) if d not in diagnostics]]
+        if record:
+            _record(row, kept_file(record, cell.name, seed, row["machine"]))
+        row = collect(run_dir, cell, seed, expected)
     if row is None and cell.kind == "floor":
         cfg = load_config(cell.config, [*budget, *extra, f"seed={seed}"])
         row = floor_row(cell.name, seed, evaluate_floor(cell.name, cfg), expected)
@@ -285,8 +295,8 @@ def prior_run(seed: int, budget: list[str], root: Path, extra: list[str], record
     if not finished(run_dir, fingerprint([*budget, *extra])):
         if record and recorded_row(PRIOR, seed, record):  # the row came from elsewhere: remake only the folder
             _remake_folder(CELLS[PRIOR], seed, budget, extra, root, run_dir, fingerprint([*budget, *extra]), record, log)
-        else:
-            run_cell(CELLS[PRIOR], seed, budget, root, extra, record=record, log=log)
+        # the row follows the folder where it was made on another machine type (run_cell replaces it)
+        run_cell(CELLS[PRIOR], seed, budget, root, extra, record=record, log=log)
     return run_dir
 
 
@@ -358,6 +368,10 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
             "precision": tr.get("precision"), "cpu": tr.get("cpu"), "machine": machine_type(tr),
             "val_knn_curve": read_curve(run_dir),
             "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}, **run_figures(run_dir)}
+
+
+def folder_machine(run_dir: Path) -> str | None:
+    return machine_type(json.loads((run_dir / "train.json").read_text()))
 
 
 def machine_type(train: dict) -> str | None:
