@@ -233,3 +233,27 @@ def test_cost_note_gives_each_equal_cost_arms_measured_train_time_ratio_beside_t
     note = study.cost_note(rows, [study.ee("dsa-simclr", "simclr"), study.ec("dsa-simclr", "simclr@1.5x")])
     assert "dsa-simclr over simclr: 2.50 / 1.90x (simclr@1.5x assumes 1.5x)" in note
     assert study.cost_note(rows, [study.ee("dsa-simclr", "simclr")]) == ""  # no equal-cost arm, no note
+
+
+def test_collect_only_reads_the_seeds_recorded_beyond_those_asked_for(tmp_path):
+    """A claim run with more seeds than the others (AMCL-SimCLR with 5) keeps them in every rebuild: its extra
+    rows are read and paired, and only the seeds asked for are listed as missing."""
+    record = tmp_path / "grid"
+    extra = [row("simclr", 3, 0.79, trace=103.0), row("ssa-clr", 3, 0.75)]  # seed 3: ssa-clr 4 points lower
+    for r in [*ssa_rows(0.02, 0.01), *extra]:
+        path = record / "long" / r["cell"] / f"seed{r['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+    doc = tmp_path / "results.md"
+    outcome, = study.run_study("ssa", "0,1,2", tmp_path / "runs", doc, record, True, None, "cmd",
+                               log=lambda m: None).values()
+    # by hand, ssa-clr - simclr per seed: +2.0, +2.1, +2.2, -4.0 points; 4 seeds, so the interval is wide
+    from sharpshift.bench.paired import paired_interval
+    rows = {(r["cell"], r["seed"]): r["linear_top1"] for r in [*ssa_rows(0.02, 0.01), *extra]}
+    diffs = [rows[("ssa-clr", s)] - rows[("simclr", s)] for s in range(4)]
+    assert diffs == pytest.approx([0.020, 0.021, 0.022, -0.04])
+    iv = paired_interval(diffs)
+    assert outcome.effect.startswith(f"equal epochs: {iv.mean * 100:+.2f} [{iv.low * 100:+.2f}, {iv.high * 100:+.2f}]")
+    assert outcome.verdict == "not supported at our scale"
+    text = doc.read_text()
+    assert "| ssa-clr | 4 |" in text and "| sam-simclr | 3 |" in text and "sam-simclr seed 3" not in text

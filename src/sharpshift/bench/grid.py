@@ -267,6 +267,10 @@ def recorded_row(name: str, seed: int, record: Path) -> dict | None:
     return json.loads(row_file.read_text()) if row_file.is_file() else None
 
 
+def recorded_seeds(name: str, record: Path) -> list[int]:
+    return sorted(int(f.stem[4:]) for f in (record / name).glob("seed*.json") if f.stem[4:].isdigit())
+
+
 def _train(cell: Cell, overrides: list[str], run_dir: Path, protocol: str) -> None:
     from sharpshift.supervised import train_supervised
     from sharpshift.train import pretrain

@@ -15,7 +15,7 @@ from typing import Callable
 
 from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import render_curves
-from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, kept_rows, parse_seeds, recorded_row,
+from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, kept_rows, parse_seeds, recorded_row, recorded_seeds,
                                    refresh_headlines, run_cell, same_spec)
 from sharpshift.bench.paired import ACCURACY, KEPT, Comparison, Interval, Metric, Partners, by_seed, compare, \
     paired_interval, render_comparisons
@@ -259,8 +259,10 @@ def study_rows(claim: Claim, seeds: list[int], root: Path, record: Path, collect
     rows, missing = [], []
     for arm in claim.arms:
         cell = cell_named(arm)
-        for seed in seeds:
-            if collect_only:
+        # seeds beyond those asked for are read too where rows are recorded (a claim run with more seeds than
+        # the others keeps them in every rebuild, --collect-only --claims all included)
+        for seed in sorted({*seeds, *recorded_seeds(arm, record / claim.budget)}):
+            if collect_only or seed not in seeds:
                 row = recorded_row(arm, seed, record / claim.budget)
                 if row is None:
                     missing.append(f"{arm} seed {seed}")
