@@ -257,3 +257,32 @@ def test_collect_only_reads_the_seeds_recorded_beyond_those_asked_for(tmp_path):
     assert outcome.verdict == "not supported at our scale"
     text = doc.read_text()
     assert "| ssa-clr | 4 |" in text and "| sam-simclr | 3 |" in text and "sam-simclr seed 3" not in text
+
+
+def _flat(cell_name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    from sharpshift.config import load_config
+    cell = cell_named(cell_name)
+    cfg = OmegaConf.to_container(OmegaConf.structured(load_config(cell.config, [*budget_overrides("long"),
+                                                                                *cell.overrides])))
+    out, stack = {}, [("", cfg)]
+    while stack:
+        prefix, node = stack.pop()
+        for k, v in node.items():
+            (stack.append((f"{prefix}{k}.", v)) if isinstance(v, dict) else out.__setitem__(f"{prefix}{k}", v))
+    return out
+
+
+@pytest.mark.parametrize(("a", "b", "addon"), [("amcl-saf-simclr", "amcl-simclr", "saf"),
+                                               ("amcl-saf-simclr", "saf-simclr-e2-clip", "amcl"),
+                                               ("saf-simclr-e2-clip", "simclr-clip", "saf"),
+                                               ("amcl-simclr", "simclr-clip", "amcl")])
+def test_each_composition_comparison_changes_one_add_on_and_nothing_else(a, b, addon):
+    comparisons = {(c.a, c.b) for c in (*study.CLAIMS["composition"].headline, *study.CLAIMS["composition"].more)}
+    assert (a, b) in comparisons
+    fa, fb = _flat(a), _flat(b)
+    changed = {k.split(".")[0] for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k)} - {"name"}
+    assert changed == {addon}, changed
+    assert fa[f"{addon}.enabled"] and not fb[f"{addon}.enabled"]
+    assert fa.get("saf.epochs_ago", 2) == 2 or not fa["saf.enabled"]  # the long budget's E = 2 wherever SAF is on

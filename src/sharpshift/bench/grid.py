@@ -85,6 +85,11 @@ CELLS = {c.name: c for c in [
     # the control: L_w with M = 1/N and s = 1 fixed (pure repulsion between all pairs), no prior needed
     *[Cell(f"dsa-{m}-uniform", f"dsa-{m}", ["dsa.form=uniform", "dsa.prior=random"], base=m, cost=("dsa",))
       for m in ("simclr", "byol")],
+    # the composition (claim 7): AMCL + SAF on SimCLR against each alone, every arm with AMCL's clip (so
+    # that the comparisons change one add-on each); SAF with the long budget's E = 2
+    Cell("saf-simclr-e2-clip", "saf-simclr", ["saf.epochs_ago=2", "optim.grad_clip=1.0"], base="simclr-clip",
+         cost=("saf",)),
+    Cell("amcl-saf-simclr", "amcl-saf-simclr", ["saf.epochs_ago=2"], base="simclr-clip", cost=("amcl", "saf")),
     Cell("supervised", "simclr", kind="supervised"),
 ]}
 # a cell's rows from other machine types, kept when a retrain on another type replaced its row: each pairs
@@ -194,9 +199,7 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         log(f"{cell.name} seed {seed}: recorded on {row['machine']}, its run folder on {other}: the row is the "
             "folder's now")
         diagnostics = [*diagnostics, *[d for d in row.get("diagnostics", {}) if d not in diagnostics]]
-        if record:
-            _record(row, kept_file(record, cell.name, seed, row["machine"]))
-        row = collect(run_dir, cell, seed, expected)
+        row = _keep_other_type(record, cell.name, seed, row, collect(run_dir, cell, seed, expected))
     if row is None and cell.kind == "floor":
         cfg = load_config(cell.config, [*budget, *extra, f"seed={seed}"])
         row = floor_row(cell.name, seed, evaluate_floor(cell.name, cfg), expected)
@@ -213,9 +216,8 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         # a retrained model is not the recorded one (another CPU, other kernels): the row becomes the new
         # folder's, accuracy and every diagnostic alike, so that no row mixes two models' figures; the old row,
         # where it names another machine type, is kept to pair with the rows made on that type
-        old, row, missing = row, collect(run_dir, cell, seed, expected), list(diagnostics)
-        if record and old.get("machine") and old["machine"] != row.get("machine"):
-            _record(old, kept_file(record, cell.name, seed, old["machine"]))
+        row, missing = _keep_other_type(record, cell.name, seed, row, collect(run_dir, cell, seed, expected)), \
+            list(diagnostics)
     if missing and finished(run_dir, expected):
         for d in missing:
             diagnose(run_dir, d, extra)
@@ -251,6 +253,13 @@ def refresh_headlines(row: dict, root: Path) -> dict:
         if file.is_file():
             row["diagnostics"][name] = _headline(name, json.loads(file.read_text()), root, row["seed"])
     return row
+
+
+def _keep_other_type(record: Path | None, name: str, seed: int, old: dict, new: dict) -> dict:
+    """`new` replaces `old`; where `old` names another machine type it is kept, to pair with that type's rows."""
+    if record and old.get("machine") and old["machine"] != new.get("machine"):
+        _record(old, kept_file(record, name, seed, old["machine"]))
+    return new
 
 
 def kept_file(record: Path, name: str, seed: int, machine: str) -> Path:

@@ -187,6 +187,16 @@ CLAIMS = {c.key: c for c in [
             diagnose=("discriminability",), readouts=PAIRED_FIGURES["discriminability"], mechanisms=("dsa",),
             gap_closed=GapClosed(m, "supervised", (f"dsa-{m}", f"dsa-{m}-official", f"dsa-{m}-uniform")))
       for m, name in (("simclr", "SimCLR"), ("byol", "BYOL"))],
+    # do the add-ons add up? AMCL (the one that passed) with the cheapest flattening add-on, against each alone
+    Claim("composition", "Composition: AMCL + SAF on SimCLR", "the papers make no claim about combining their "
+          "add-ons; the issue asks whether the working ones add up", "long",
+          ("simclr-clip", "amcl-simclr", "saf-simclr-e2-clip", "amcl-saf-simclr", "simclr-clip@1.1x"),
+          (ee("amcl-saf-simclr", "amcl-simclr"), ec("amcl-saf-simclr", "simclr-clip@1.1x")),
+          (ee("amcl-saf-simclr", "saf-simclr-e2-clip"), ee("amcl-simclr", "simclr-clip"),
+           ee("saf-simclr-e2-clip", "simclr-clip"), ee("amcl-saf-simclr", "simclr-clip")),
+          Check("the adaptive temperatures stay interior with SAF on: share at tau_min less 0.5", "amcl-saf-simclr",
+                Metric("share at tau_min", ("mechanisms", "amcl", "share_at_tau_min")), "lower", value=0.5),
+          mechanisms=("amcl", "saf")),
 ]}
 
 
