@@ -188,7 +188,7 @@ CLAIMS = {c.key: c for c in [
             gap_closed=GapClosed(m, "supervised", (f"dsa-{m}", f"dsa-{m}-official", f"dsa-{m}-uniform")))
       for m, name in (("simclr", "SimCLR"), ("byol", "BYOL"))],
     # do the add-ons add up? AMCL (the one that passed) with the cheapest flattening add-on, against each alone
-    Claim("composition", "Composition: AMCL + SAF on SimCLR", "the papers make no claim about combining their "
+    Claim("composition", "Composition: AMCL + SAF on SimCLR", "None: the papers make no claim about combining their "
           "add-ons; the issue asks whether the working ones add up", "long",
           ("simclr-clip", "amcl-simclr", "saf-simclr-e2-clip", "amcl-saf-simclr", "simclr-clip@1.1x"),
           (ee("amcl-saf-simclr", "amcl-simclr"), ec("amcl-saf-simclr", "simclr-clip@1.1x")),
