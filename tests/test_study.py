@@ -74,6 +74,19 @@ def test_verdict_follows_the_rule(ssa_gain, cost_gain, drop, verdict):
     assert result.mechanism == ("on" if drop else "not shown")
 
 
+@pytest.mark.parametrize("ssa_seconds, verdict, cost", [
+    ((200.0, 210.0, 190.0), "supported at our scale", "x1.9 assumed, x2.00 measured"),  # within COST_SLACK
+    ((250.0, 240.0, 500.0), "supported at equal epochs and at the assumed cost x1.9, which is below the measured x2.50",
+     "x1.9 assumed, x2.50 measured"),  # the median, not the one slow seed, decides
+])
+def test_a_support_whose_equal_cost_arm_is_cheaper_than_the_measured_cost_says_so(ssa_seconds, verdict, cost):
+    rows = [{**r, "train_seconds": {"ssa-clr": ssa_seconds[r["seed"]]}.get(r["cell"], 100.0)}
+            for r in ssa_rows(0.02, 0.01)]
+    result = study.outcome(study.CLAIMS["ssa"], rows)
+    assert (result.verdict, result.cost) == (verdict, cost)
+    assert "| x1.9 assumed" in study.render_summary([study.CLAIMS["ssa"]], {"ssa": result})
+
+
 def test_a_claim_whose_precondition_is_not_shown_cannot_be_tested():
     """ssa-small needs a generalisation gap in SimCLR's encoder; with none, even a clear gain is untestable."""
     def with_gap(gap):
