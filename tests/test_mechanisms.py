@@ -37,6 +37,21 @@ def test_amcl_check_warns_when_the_median_temperature_sits_at_tau_min():
     assert any("at tau_max" in w for w in warnings_of("amcl", at_max))
 
 
+def test_amcl_check_warns_when_every_pair_gets_the_same_temperature():
+    """AMCL-Barlow's long runs: interior (no step at a bound), yet q05..q95 = 0.77953..0.77958 on every head."""
+    bounds = dict(tau_min=[0.05] * 2, tau_max=[2.0] * 2)
+    uniform = series(tau_pos_q05=[[0.77953] * 3] * 2, tau_pos_q50=[[0.77955] * 3] * 2,
+                     tau_pos_q95=[[0.77958] * 3] * 2, **bounds)
+    summary, warnings = plugins.MECHANISMS["amcl"].check(uniform)
+    assert summary["tau_spread_last"] == pytest.approx(0.00005 / 0.77955)
+    assert any("same for every pair" in w and "mechanism is off" in w for w in warnings)
+    adapting = series(tau_pos_q05=[[0.09] * 3] * 2, tau_pos_q50=[[0.12] * 3] * 2, tau_pos_q95=[[0.21] * 3] * 2,
+                      tau_neg_q05=[[0.23] * 3] * 2, tau_neg_q50=[[0.57] * 3] * 2, tau_neg_q95=[[0.86] * 3] * 2,
+                      **bounds)
+    summary, warnings = plugins.MECHANISMS["amcl"].check(adapting)
+    assert summary["tau_spread_last"] == pytest.approx(min(0.12 / 0.12, 0.63 / 0.57)) and warnings == []
+
+
 def test_dsa_check_warns_on_uniform_relations_and_a_vanishing_gradient_through_m():
     off = series(n_max_m=[1.0, 1.0], share_above_half=[0.0, 0.0], grad_through_m_ratio=[3e-9, 3e-9])
     on = series(n_max_m=[200.0, 210.0], share_above_half=[0.09, 0.1], grad_through_m_ratio=[0.05, 0.04])

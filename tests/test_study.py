@@ -46,8 +46,8 @@ def test_every_arm_is_a_cell_of_a_shipped_config_and_every_comparison_uses_arms(
             assert arm in CELLS or "@" in arm, (claim.key, arm)  # no silent fallback to a config name
         for c in (*claim.headline, *claim.more):
             assert c.a in claim.arms and c.b in claim.arms, (claim.key, c)
-        if claim.check is not None:
-            assert claim.check.cell in claim.arms and claim.check.b_cell in (None, *claim.arms)
+        for check in claim.checks:
+            assert check.cell in claim.arms and check.b_cell in (None, *claim.arms)
 
 
 def test_check_is_the_paired_interval_of_the_stated_difference():
@@ -85,6 +85,23 @@ def test_a_support_whose_equal_cost_arm_is_cheaper_than_the_measured_cost_says_s
     result = study.outcome(study.CLAIMS["ssa"], rows)
     assert (result.verdict, result.cost) == (verdict, cost)
     assert "| x1.9 assumed" in study.render_summary([study.CLAIMS["ssa"]], {"ssa": result})
+
+
+@pytest.mark.parametrize("spread, mechanism", [(0.5, "on"), (1e-4, "not shown")])
+def test_amcl_is_on_only_when_its_temperatures_stay_interior_and_differ_between_pairs(spread, mechanism):
+    """AMCL-Barlow's long rows: no step at tau_min, yet every pair's temperature 0.7795 +- 1e-4 (uniform weights)."""
+    def amcl(seed):
+        q50 = 0.2 + 0.001 * seed
+        return {"share_at_tau_min": 0.0, **{f"tau_{k}_q{q}_last": [q50 * (1 + f * spread / 2)] * 3
+                                            for k in ("pos", "neg") for q, f in (("05", -1), ("50", 0), ("95", 1))}}
+    rows = []
+    for s in range(3):
+        rows += [row("barlow-clip", s, 0.80), row("barlow-clip@1.1x", s, 0.80 + 0.001 * s),
+                 row("amcl-barlow", s, 0.82 + 0.001 * s, mechanisms={"amcl": amcl(s)})]
+    result = study.outcome(study.CLAIMS["amcl-barlow"], [study.with_derived(r) for r in rows])
+    assert result.mechanism == mechanism and "spread over the median above 0.1" in result.mechanism_text
+    assert result.verdict == ("supported at our scale" if mechanism == "on"
+                              else "cannot be tested at our scale: the mechanism was not shown on")
 
 
 def test_a_claim_whose_precondition_is_not_shown_cannot_be_tested():

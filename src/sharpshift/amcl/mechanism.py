@@ -1,6 +1,7 @@
 """AMCL's mechanism check: per head, the 5/50/95% quantiles of the positives' and negatives' temperatures over
-training, and the share of recorded steps whose median positive temperature sits at a bound (within 1% of
-tau_min or tau_max), where the temperature no longer adapts to the pair."""
+training, the share of recorded steps whose median positive temperature sits at a bound (within 1% of
+tau_min or tau_max), where the temperature no longer adapts to the pair, and the temperatures' spread over
+pairs at the end, without which the per-pair weights are uniform."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +11,20 @@ from sharpshift.mechanisms import Mechanism, values
 
 QUANTILES = (0.05, 0.5, 0.95)
 AT_BOUND = 0.5  # warn when more than half the recorded steps have a head at a bound
+# warn when the temperatures' 5-95% spread over pairs is below this share of their median: 1/tau weights that
+# differ by under ~10% between pairs are a uniform weighting in all but name (AMCL-Barlow's end at 1e-4)
+SPREAD_MIN = 0.1
+
+
+def tau_spread(summary: dict) -> float | None:
+    """How much the last recorded temperatures differ between pairs: (q95 - q05) / q50, the mean over heads,
+    the smaller of the positives' and the negatives' (both must adapt); None without the quantiles."""
+    spreads = []
+    for kind in ("tau_pos", "tau_neg"):
+        q = [summary.get(f"{kind}_{name}_last") for name in ("q05", "q50", "q95")]
+        if all(q):
+            spreads.append(sum((hi - lo) / mid for lo, mid, hi in zip(*q)) / len(q[1]))
+    return min(spreads) if spreads else None
 
 
 def probe(method, ctx, out) -> dict | None:
@@ -40,7 +55,11 @@ def check(series: dict) -> tuple[dict, list[str]]:
         for q in ("q05", "q50", "q95"):
             if values(series, f"{kind}_{q}"):
                 summary[f"{kind}_{q}_last"] = values(series, f"{kind}_{q}")[-1]
+    summary["tau_spread_last"] = tau_spread(summary)
     warnings = []
+    if summary["tau_spread_last"] is not None and summary["tau_spread_last"] < SPREAD_MIN:
+        warnings.append(f"AMCL temperatures are the same for every pair (5-95% spread {summary['tau_spread_last']:.1e} "
+                        "of their median): the weights are uniform and the adaptive mechanism is off")
     for bound in ("tau_min", "tau_max"):
         share = summary[f"share_at_{bound}"]
         if share > AT_BOUND:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from sharpshift.amcl.mechanism import SPREAD_MIN, tau_spread
 from sharpshift.bench import grid_tables
 from sharpshift.bench.curves import render_curves
 from sharpshift.bench.grid import (PAIRED_FIGURES, cell_named, kept_rows, parse_seeds, recorded_row, recorded_seeds,
@@ -117,6 +118,11 @@ class Claim:
     mechanisms: tuple[str, ...] = ()  # add-ons whose mechanisms.json summaries the section tabulates
     precondition: Check | None = None  # what the setting must show for the claim to be testable at all
     gap_closed: GapClosed | None = None  # the share of the gap to a reference that the arms close
+    more_checks: tuple[Check, ...] = ()  # further conditions the mechanism must meet, all of them, to be on
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return () if self.check is None else (self.check, *self.more_checks)
 
 
 def ee(a: str, b: str) -> Comparison:
@@ -125,6 +131,12 @@ def ee(a: str, b: str) -> Comparison:
 
 def ec(a: str, b: str) -> Comparison:
     return Comparison(a, b, f"equal cost (x{b.rsplit('@', 1)[1][:-1]})")
+
+
+def tau_differs(cell: str) -> Check:
+    """AMCL's temperatures must differ between pairs, or its per-pair weights are uniform (amcl.mechanism)."""
+    return Check(f"the temperatures differ between pairs: 5-95% spread over the median above {SPREAD_MIN}", cell,
+                 Metric("temperature spread", ("amcl_tau_spread",)), "higher", value=SPREAD_MIN)
 
 
 SAM_FLATTENS = Check("SAM lowers the Hessian trace on the reference views (sam-simclr - simclr)", "sam-simclr", TRACE,
@@ -179,7 +191,7 @@ CLAIMS = {c.key: c for c in [
              *[ec(f"amcl-{m}", b) for b in AMCL_MEASURED_COST.get(m, ())]),
             Check("the adaptive temperatures stay interior: share at tau_min less 0.5", f"amcl-{m}",
                   Metric("share at tau_min", ("mechanisms", "amcl", "share_at_tau_min")), "lower", value=0.5),
-            mechanisms=("amcl",))
+            mechanisms=("amcl",), more_checks=(tau_differs(f"amcl-{m}"),))
       for m, name in (("simclr", "SimCLR"), ("moco", "MoCo v2"), ("barlow", "Barlow Twins"), ("simsiam", "SimSiam"))],
     *[Claim(f"dsa-{m}", f"DSA on {name}", "DSA: learned relations that aggregate similar samples and separate "
             "dissimilar ones relieve the crowding problem (the paper's tables are not public)", "long",
@@ -201,7 +213,7 @@ CLAIMS = {c.key: c for c in [
            ee("saf-simclr-e2-clip", "simclr-clip"), ee("amcl-saf-simclr", "simclr-clip")),
           Check("the adaptive temperatures stay interior with SAF on: share at tau_min less 0.5", "amcl-saf-simclr",
                 Metric("share at tau_min", ("mechanisms", "amcl", "share_at_tau_min")), "lower", value=0.5),
-          mechanisms=("amcl", "saf")),
+          mechanisms=("amcl", "saf"), more_checks=(tau_differs("amcl-saf-simclr"),)),
 ]}
 
 
@@ -212,6 +224,8 @@ def with_derived(row: dict) -> dict:
         out["probe_gap"] = row["linear_train_top1"] - row["val_linear_top1"]
     if row.get("pretrain_knn_top1") is not None and row.get("heldout_knn_top1") is not None:
         out["encoder_gap"] = row["pretrain_knn_top1"] - row["heldout_knn_top1"]
+    if "amcl" in row.get("mechanisms", {}):  # from the recorded quantiles, so that earlier rows have it too
+        out["amcl_tau_spread"] = tau_spread(row["mechanisms"]["amcl"])
     return out
 
 
@@ -258,13 +272,18 @@ def outcome(claim: Claim, rows: list[dict]) -> Outcome:
     if claim.check is None:
         mechanism, text = "by construction", claim.by_construction
     else:
-        found = claim.check.interval(rows)
-        if found is None:
-            mechanism, text = "not run", claim.check.label
-        else:
-            seeds, iv = found
-            mechanism = "on" if iv.verdict == claim.check.side else "not shown"
-            text = f"{claim.check.label}: {_ci(iv, 4)} over seeds {','.join(map(str, seeds))}"
+        states, texts = [], []
+        for check in claim.checks:
+            found = check.interval(rows)
+            if found is None:
+                states.append("not run")
+                texts.append(check.label)
+            else:
+                seeds, iv = found
+                states.append("on" if iv.verdict == check.side else "not shown")
+                texts.append(f"{check.label}: {_ci(iv, 4)} over seeds {','.join(map(str, seeds))}")
+        mechanism = next((s for s in ("not shown", "not run") if s in states), "on")  # one not shown decides
+        text = "; ".join(texts)
     results = compare(rows, list(claim.headline), (HEADLINE,))
     if len(results) < len(claim.headline) or any(len(s) < 2 for _, s, _ in results):
         return Outcome(mechanism, text, "not run (yet)", "not run (yet)")
