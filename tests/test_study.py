@@ -76,8 +76,9 @@ def test_verdict_follows_the_rule(ssa_gain, cost_gain, drop, verdict):
 
 @pytest.mark.parametrize("ssa_seconds, verdict, cost", [
     ((200.0, 210.0, 190.0), "supported at our scale", "x1.9 assumed, x2.00 measured"),  # within COST_SLACK
-    ((250.0, 240.0, 500.0), "supported at equal epochs and at the assumed cost x1.9, which is below the measured x2.50",
-     "x1.9 assumed, x2.50 measured"),  # the median, not the one slow seed, decides
+    ((250.0, 240.0, 500.0),  # the median, not the one slow seed, decides
+     "supported at equal epochs and at the assumed cost x1.9, which is below the measured x2.50",
+     "x1.9 assumed, x2.50 measured"),
 ])
 def test_a_support_whose_equal_cost_arm_is_cheaper_than_the_measured_cost_says_so(ssa_seconds, verdict, cost):
     rows = [{**r, "train_seconds": {"ssa-clr": ssa_seconds[r["seed"]]}.get(r["cell"], 100.0)}
