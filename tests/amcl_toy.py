@@ -1,7 +1,8 @@
 """A seeded toy AMCL run, shared by the tests of the two forms and by benchmarks/amcl_forms.py.
 
 scikit-learn's digits (1,797 x 64, standardised), an MLP encoder, C MLP heads, views = Gaussian noise plus a
-random feature mask; SGD on encoder, heads and phi together (the official code's single optimiser).
+random feature mask; SGD on encoder, heads and phi together (the official code's single optimiser), or LARS
+with weight decay (our Barlow Twins recipe), or phi on its own Adam (amcl.phi_lr) outside the clip.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from torch import nn
 from sharpshift.amcl.adaptive import adaptive_barlow_twins, adaptive_nt_xent
 from sharpshift.amcl.heads import TemperatureNet
 from sharpshift.amcl.losses import amcl_barlow_twins, amcl_nt_xent
+from sharpshift.config import OptimConfig
 from sharpshift.losses import barlow_twins_loss, nt_xent
 from sharpshift.models.heads import MultiHead
+from sharpshift.optim import build_optimizer
 
 TAU_MIN, TAU_MAX = 1e-5, 2.0
 
@@ -38,6 +41,7 @@ class ToyRun:
     tau_pos_median: list[float] = field(default_factory=list)  # per step, head 0
     last_sim_pos: torch.Tensor | None = None  # (m,) head 0's positive similarities at the last step
     last_tau_pos: torch.Tensor | None = None  # (m,) their temperatures
+    last_corr_diag: torch.Tensor | None = None  # barlow: (D,) head 0's C_ll at the last step
     knn: float = 0.0  # 5-NN accuracy of the encoder features, fitted on the first 1,400 digits
 
 
@@ -50,17 +54,24 @@ def knn_accuracy(feats: torch.Tensor, labels: torch.Tensor, split: int = 1400, k
 
 
 def run(loss: str, form: str, steps: int = 300, seed: int = 0, batch: int = 128, heads: int = 3,
-        dim: int = 32) -> ToyRun:
-    """loss: simclr or barlow; form: official, adaptive, or base (the method's own loss, no AMCL)."""
+        dim: int = 32, optimizer: str = "sgd", phi_lr: float | None = None) -> ToyRun:
+    """loss: simclr or barlow; form: official, adaptive, or base (the method's own loss, no AMCL).
+    optimizer: sgd (lr 0.05, no weight decay) or lars (lr 0.3, weight decay 1e-4, eta 0.02: configs/barlow.yaml).
+    phi_lr: phi's own Adam, unclipped (amcl.phi_lr); None: phi is trained with the rest."""
     x, y = digits()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     encoder = nn.Sequential(nn.Linear(64, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 64))
     make_head = (lambda: nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, dim)))
     head = MultiHead([make_head() for _ in range(heads)]) if form != "base" else make_head()
-    phi = TemperatureNet(batch if loss == "barlow" else dim, 128)
-    params = [*encoder.parameters(), *head.parameters(), *phi.parameters()]
-    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    phi = TemperatureNet(batch if loss == "barlow" else dim, 128, phi_lr)
+    own = phi.build_optimizer()
+    modules = [encoder, head] if own else [encoder, head, phi]
+    params = [p for m in modules for p in m.parameters()]
+    if optimizer == "lars":
+        opt = build_optimizer(modules, OptimConfig(name="lars", lr=0.3, weight_decay=1e-4, lars_eta=0.02))
+    else:
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
     out = ToyRun()
     for _ in range(steps):
         idx = torch.randperm(len(x), generator=g)[:batch]
@@ -77,9 +88,13 @@ def run(loss: str, form: str, steps: int = 300, seed: int = 0, batch: int = 128,
             kw = dict(beta=1e-6) if form == "official" else dict(beta=1.0, kappa=2.0, delta=1.0)  # barlow's default
             value, stats = fn(z1, z2, phi, lambd=0.005, scale=1.0, tau_min=TAU_MIN, tau_max=TAU_MAX, **kw)
         opt.zero_grad()
+        if own:
+            own.zero_grad()
         value.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # the official code's safeguard, on every arm alike
         opt.step()
+        if own:
+            own.step()
         if stats is not None:
             out.tau_pos_median.append(float(stats["tau_pos_all"][0].median()))
             if loss == "simclr":
@@ -87,6 +102,10 @@ def run(loss: str, form: str, steps: int = 300, seed: int = 0, batch: int = 128,
                     a, b = F.normalize(z1[:, 0], dim=1), F.normalize(z2[:, 0], dim=1)
                     out.last_sim_pos = torch.cat([(a * b).sum(1), (a * b).sum(1)])
             out.last_tau_pos = stats["tau_pos_all"][0]
+            if loss == "barlow":
+                with torch.no_grad():
+                    a, b = (F.batch_norm(z[:, 0], None, None, training=True) for z in (z1, z2))
+                    out.last_corr_diag = (a * b).mean(0)
     encoder.eval()
     with torch.no_grad():
         out.knn = knn_accuracy(encoder(x), y)

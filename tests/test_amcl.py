@@ -306,6 +306,27 @@ def test_methods_train_with_amcl(name, tmp_path):
         assert isinstance(module.predictor, MultiHead)
 
 
+def test_phi_with_its_own_lr_has_its_own_adam_outside_the_main_optimiser_and_its_clip(tmp_path):
+    """amcl.phi_lr: phi's parameters leave the main (LARS) optimiser, so neither its weight decay nor the
+    gradient clip touches them, and an Adam of that lr trains them."""
+    from tests.test_methods import fit
+
+    cfg = tiny_config("barlow", "amcl.enabled=true", "amcl.heads=2", "amcl.phi_lr=0.01", "optim.name=lars",
+                      "optim.grad_clip=1.0")
+    module, before, trainer = fit(cfg, tmp_path, steps=3)
+    main, *rest = trainer.optimizers
+    phi_ids = {id(p) for p in module.amcl_phi.parameters()}
+    assert not phi_ids & {id(p) for g in main.param_groups for p in g["params"]}
+    own = [o for o in rest if {id(p) for g in o.param_groups for p in g["params"]} == phi_ids]
+    assert len(own) == 1 and isinstance(own[0], torch.optim.Adam) and own[0].param_groups[0]["lr"] == 0.01
+    assert not own[0].param_groups[0]["weight_decay"]
+    assert not torch.equal(module.amcl_phi.net[0].weight, before["amcl_phi.net.0.weight"])  # its Adam trains phi
+    default = tiny_config("barlow", "amcl.enabled=true", "amcl.heads=2")
+    module, _, trainer = fit(default, tmp_path / "default", steps=1)
+    assert phi_ids and {id(p) for p in module.amcl_phi.parameters()} <= {
+        id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}  # null: the main optimiser
+
+
 def test_amcl_off_leaves_the_method_unchanged():
     from sharpshift.data.registry import load_dataset
     from sharpshift.train import build_module
@@ -326,7 +347,7 @@ def test_unsupported_combinations_are_refused(overrides):
         build_module(cfg, load_dataset("digits", "train"))
 
 
-@pytest.mark.parametrize("override", ["amcl.heads=0", "amcl.tau_min=3", "amcl.topk=0", "amcl.beta=-1"])
+@pytest.mark.parametrize("override", ["amcl.heads=0", "amcl.tau_min=3", "amcl.topk=0", "amcl.beta=-1", "amcl.phi_lr=0"])
 def test_config_rejects_impossible_values(override):
     with pytest.raises(UserError, match="amcl"):
         load_config(None, [override])

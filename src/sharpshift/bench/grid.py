@@ -73,6 +73,9 @@ CELLS = {c.name: c for c in [
         Cell(f"{m}-clip", m, ["optim.grad_clip=1.0"], base=m),  # compared with its base: the clip's own effect
         Cell(f"amcl-{m}", f"amcl-{m}", base=f"{m}-clip", cost=("amcl",)))],
     Cell("amcl-simclr-noclip", "amcl-simclr", ["optim.grad_clip=0"], base="simclr", cost=("amcl",)),
+    # Barlow Twins trains with LARS, whose weight decay erases phi when phi shares the encoder's optimiser
+    # (docs/amcl.md, "phi under LARS"): phi on its own Adam, outside the clip
+    Cell("amcl-barlow-phi-adam", "amcl-barlow", ["amcl.phi_lr=0.001"], base="barlow-clip", cost=("amcl",)),
     # the official v2.0 losses (their temperatures run to tau_min, docs/amcl.md), same clip as the base
     *[Cell(f"amcl-{m}-official", f"amcl-{m}", ["amcl.form=official"], base=f"{m}-clip", cost=("amcl",))
       for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],

@@ -25,6 +25,7 @@ class AMCLConfig:
     beta: Optional[float] = None  # weight of the temperature regulariser; null: official 1e-4 (1e-6 barlow), adaptive 1
     topk: int = 100  # official simclr, moco: mean over the k most similar negatives (adaptive: all, in a log-sum-exp)
     phi_hidden: int = 128  # hidden width of phi (d -> phi_hidden -> d; barlow: batch -> phi_hidden -> batch)
+    phi_lr: Optional[float] = None  # null: the encoder's optimiser trains phi (official); a number: phi's own Adam
     kappa: float = 2.0  # adaptive: the fit's optimum is tau* = (1 - s + delta) / kappa (kappa 2: s = 0.6 -> 0.25)
     delta: Optional[float] = None  # adaptive: tau* >= delta / kappa when s -> 1; null: 0.1, barlow 1.0 (docs/amcl.md)
 
@@ -43,6 +44,8 @@ class AMCLConfig:
             raise UserError(f"amcl.topk must be >= 1, got {self.topk}")
         if self.phi_hidden < 1:
             raise UserError(f"amcl.phi_hidden must be >= 1, got {self.phi_hidden}")
+        if self.phi_lr is not None and self.phi_lr <= 0:
+            raise UserError(f"amcl.phi_lr must be > 0 (or null: the encoder's optimiser trains phi), got {self.phi_lr}")
 
     def resolved_delta(self, method: str) -> float:
         """Barlow Twins: 1.0, so its weights 1/tau stay within 3x of each other (with 0.1 they span 20x, which cost

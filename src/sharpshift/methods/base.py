@@ -55,7 +55,8 @@ class SSLMethod(L.LightningModule):
         if self.probe is not None:  # its loss never goes through DDP's forward: DDP must not wait for its grads
             self._ddp_params_and_buffers_to_ignore = [f"probe.{n}" for n, _ in self.probe.named_parameters()]
         self.build_heads()
-        for attribute, module in plugins.modules(cfg).items():  # right after the heads: the same init order
+        self.addon_modules = plugins.modules(cfg)  # right after the heads: the same init order
+        for attribute, module in self.addon_modules.items():
             setattr(self, attribute, module)
         self.build_state()
         self._objective = plugins.objective(cfg, self.name)  # an add-on's loss for this method, or None
@@ -128,8 +129,11 @@ class SSLMethod(L.LightningModule):
 
     # --- the loop --------------------------------------------------------------------------------
     def own_optimizers(self) -> list[torch.optim.Optimizer]:
-        """Optimisers that regularisers bring for their own parameters (DSA's adjuster: the official Adam)."""
-        return [reg.build_optimizer() for reg in self.regularisers if hasattr(reg, "build_optimizer")]
+        """Optimisers that regularisers and add-on modules bring for their own parameters (DSA's adjuster: the
+        official Adam; AMCL's phi with amcl.phi_lr). Their parameters are outside the main optimiser and its clip."""
+        carriers = [*self.regularisers, *self.addon_modules.values()]
+        built = (c.build_optimizer() for c in carriers if hasattr(c, "build_optimizer"))
+        return [o for o in built if o is not None]
 
     def configure_optimizers(self):
         extra = self.own_optimizers()
