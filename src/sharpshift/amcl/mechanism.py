@@ -59,7 +59,8 @@ def check(series: dict) -> tuple[dict, list[str]]:
     warnings = []
     if summary["tau_spread_last"] is not None and summary["tau_spread_last"] < SPREAD_MIN:
         warnings.append(f"AMCL temperatures are the same for every pair (5-95% spread {summary['tau_spread_last']:.1e} "
-                        "of their median): the weights are uniform and the adaptive mechanism is off")
+                        "of their median): the weights are uniform and the adaptive mechanism is off (with LARS, "
+                        "give phi its own optimiser: amcl.phi_lr=1e-3)")
     for bound in ("tau_min", "tau_max"):
         share = summary[f"share_at_{bound}"]
         if share > AT_BOUND:

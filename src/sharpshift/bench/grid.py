@@ -76,8 +76,10 @@ CELLS = {c.name: c for c in [
     # Barlow Twins trains with LARS, whose weight decay erases phi when phi shares the encoder's optimiser
     # (docs/amcl.md, "phi under LARS"): phi on its own Adam, outside the clip
     Cell("amcl-barlow-phi-adam", "amcl-barlow", ["amcl.phi_lr=0.001"], base="barlow-clip", cost=("amcl",)),
-    # the official v2.0 losses (their temperatures run to tau_min, docs/amcl.md), same clip as the base
-    *[Cell(f"amcl-{m}-official", f"amcl-{m}", ["amcl.form=official"], base=f"{m}-clip", cost=("amcl",))
+    # the official v2.0 losses (their temperatures run to tau_min, docs/amcl.md), same clip as the base; phi in
+    # the encoder's optimiser, as the official code has it (said explicitly for Barlow Twins: amcl.phi_lr)
+    *[Cell(f"amcl-{m}-official", f"amcl-{m}", ["amcl.form=official", *(["amcl.phi_lr=null"] if m == "barlow" else [])],
+           base=f"{m}-clip", cost=("amcl",))
       for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
     # DSA with the documented default prior, an earlier SimCLR run: the SimCLR cell of the same seed (same
     # pretraining images and budget; its training is not counted in DSA's cost)
