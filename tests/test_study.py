@@ -98,11 +98,26 @@ def test_amcl_is_on_only_when_its_temperatures_stay_interior_and_differ_between_
     rows = []
     for s in range(3):
         rows += [row("barlow-clip", s, 0.80), row("barlow-clip@1.1x", s, 0.80 + 0.001 * s),
-                 row("amcl-barlow", s, 0.82 + 0.001 * s, mechanisms={"amcl": amcl(s)})]
+                 row("amcl-barlow-phi-adam", s, 0.82 + 0.001 * s, mechanisms={"amcl": amcl(s)})]
     result = study.outcome(study.CLAIMS["amcl-barlow"], [study.with_derived(r) for r in rows])
     assert result.mechanism == mechanism and "spread over the median above 0.1" in result.mechanism_text
     assert result.verdict == ("supported at our scale" if mechanism == "on"
                               else "cannot be tested at our scale: the mechanism was not shown on")
+
+
+def test_the_barlow_claim_tests_the_working_phi_and_keeps_the_shipped_arm_as_a_comparison():
+    """Barlow Twins' shipped AMCL trains phi with LARS, which erases it: the claim's headline and both mechanism
+    checks read the arm with phi on its own Adam; the shipped arm is compared with it, and the other bases are
+    unchanged (their AMCL arm is the shipped config)."""
+    claim = study.CLAIMS["amcl-barlow"]
+    assert [(c.a, c.b) for c in claim.headline] == [("amcl-barlow-phi-adam", "barlow-clip"),
+                                                    ("amcl-barlow-phi-adam", "barlow-clip@1.1x")]
+    assert ("amcl-barlow-phi-adam", "amcl-barlow") in [(c.a, c.b) for c in claim.more]
+    assert {check.cell for check in claim.checks} == {"amcl-barlow-phi-adam"}
+    assert "amcl.phi_lr=0.001" in CELLS["amcl-barlow-phi-adam"].overrides
+    assert "amcl.phi_lr=null" in CELLS["amcl-barlow-official"].overrides  # the official code's single optimiser
+    simclr = study.CLAIMS["amcl-simclr"]
+    assert simclr.headline[0].a == "amcl-simclr" and {check.cell for check in simclr.checks} == {"amcl-simclr"}
 
 
 def test_a_claim_whose_precondition_is_not_shown_cannot_be_tested():
