@@ -81,6 +81,11 @@ CELLS = {c.name: c for c in [
     *[Cell(f"amcl-{m}-official", f"amcl-{m}", ["amcl.form=official", *(["amcl.phi_lr=null"] if m == "barlow" else [])],
            base=f"{m}-clip", cost=("amcl",))
       for m in METHOD_DEFAULTS if m in plugins.supported_methods("amcl")],
+    # the control for AMCL-SimSiam's official form (1/tau = 1e5, so the clip at 1.0 binds on every step and SGD takes
+    # steps of length lr along the gradient's direction): one head, the clip binding at 1e-4 and lr and weight
+    # decay rescaled by 1e4 and 1e-4, so that lr * clipped gradient and lr * weight decay are the shipped ones
+    Cell("simsiam-unit-steps", "simsiam", ["optim.grad_clip=0.0001", "optim.lr=500.0", "optim.weight_decay=5.0e-8"],
+         base="simsiam"),
     # DSA with the documented default prior, an earlier SimCLR run: the SimCLR cell of the same seed (same
     # pretraining images and budget; its training is not counted in DSA's cost)
     Cell("dsa-simclr", "dsa-simclr", ["dsa.prior=checkpoint"], needs_prior=True, base="simclr", cost=("dsa",)),
