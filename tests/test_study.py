@@ -8,7 +8,7 @@ import pytest
 from sharpshift.bench import study
 from sharpshift.bench.grid import CELLS, cell_named, cell_spec
 from sharpshift.bench.protocol import budget_overrides, fingerprint
-from sharpshift.config import list_configs
+from sharpshift.config import list_configs, load_config
 from sharpshift.errors import UserError
 
 
@@ -98,26 +98,44 @@ def test_amcl_is_on_only_when_its_temperatures_stay_interior_and_differ_between_
     rows = []
     for s in range(3):
         rows += [row("barlow-clip", s, 0.80), row("barlow-clip@1.1x", s, 0.80 + 0.001 * s),
-                 row("amcl-barlow-phi-adam", s, 0.82 + 0.001 * s, mechanisms={"amcl": amcl(s)})]
+                 row("amcl-barlow", s, 0.82 + 0.001 * s, mechanisms={"amcl": amcl(s)})]
     result = study.outcome(study.CLAIMS["amcl-barlow"], [study.with_derived(r) for r in rows])
     assert result.mechanism == mechanism and "spread over the median above 0.1" in result.mechanism_text
     assert result.verdict == ("supported at our scale" if mechanism == "on"
                               else "cannot be tested at our scale: the mechanism was not shown on")
 
 
-def test_the_barlow_claim_tests_the_working_phi_and_keeps_the_shipped_arm_as_a_comparison():
-    """Barlow Twins' shipped AMCL trains phi with LARS, which erases it: the claim's headline and both mechanism
-    checks read the arm with phi on its own Adam; the shipped arm is compared with it, and the other bases are
-    unchanged (their AMCL arm is the shipped config)."""
+def test_the_barlow_claim_tests_the_shipped_phi_on_its_own_adam_against_phi_in_lars():
+    """In LARS, phi's weight decay erases it: the shipped amcl-barlow gives phi its own Adam and carries the claim's
+    headline and both mechanism checks; phi in LARS (the official code's single optimiser, and the shipped
+    config before its rows showed every temperature equal) is an arm compared with it."""
     claim = study.CLAIMS["amcl-barlow"]
-    assert [(c.a, c.b) for c in claim.headline] == [("amcl-barlow-phi-adam", "barlow-clip"),
-                                                    ("amcl-barlow-phi-adam", "barlow-clip@1.1x")]
-    assert ("amcl-barlow-phi-adam", "amcl-barlow") in [(c.a, c.b) for c in claim.more]
-    assert {check.cell for check in claim.checks} == {"amcl-barlow-phi-adam"}
-    assert "amcl.phi_lr=0.001" in CELLS["amcl-barlow-phi-adam"].overrides
-    assert "amcl.phi_lr=null" in CELLS["amcl-barlow-official"].overrides  # the official code's single optimiser
+    assert [(c.a, c.b) for c in claim.headline] == [("amcl-barlow", "barlow-clip"), ("amcl-barlow", "barlow-clip@1.1x")]
+    assert ("amcl-barlow", "amcl-barlow-phi-lars") in [(c.a, c.b) for c in claim.more]
+    assert {check.cell for check in claim.checks} == {"amcl-barlow"}
+    assert load_config("amcl-barlow").amcl.phi_lr == pytest.approx(1e-3)
+    for cell in ("amcl-barlow-phi-lars", "amcl-barlow-official"):  # the official code's single optimiser
+        assert load_config("amcl-barlow", CELLS[cell].overrides).amcl.phi_lr is None
     simclr = study.CLAIMS["amcl-simclr"]
     assert simclr.headline[0].a == "amcl-simclr" and {check.cell for check in simclr.checks} == {"amcl-simclr"}
+
+
+def test_the_simsiam_claim_controls_the_official_forms_normalised_steps():
+    """At tau_min = 1e-5 the official SimSiam loss is 1e5 times SimSiam's, so the clip at 1.0 binds on every step:
+    the control takes the same steps with one head (clip 1e-4, lr x 1e4, weight decay x 1e-4, so that lr times
+    the clipped gradient and lr times the decay are the shipped ones), and the claim compares both ways."""
+    control = CELLS["simsiam-unit-steps"]
+    shipped = cell_named("simsiam")
+    cfg = load_config(control.config, control.overrides)
+    ref = load_config(shipped.config, ["optim.grad_clip=1.0"])
+    assert cfg.optim.lr * cfg.optim.grad_clip == pytest.approx(ref.optim.lr * ref.optim.grad_clip)
+    assert cfg.optim.lr * cfg.optim.weight_decay == pytest.approx(ref.optim.lr * ref.optim.weight_decay)
+    assert cfg.amcl.enabled is False and load_config("amcl-simsiam").optim.grad_clip == ref.optim.grad_clip
+    claim = study.CLAIMS["amcl-simsiam"]
+    pairs = [(c.a, c.b) for c in claim.more]
+    assert ("amcl-simsiam-official", "simsiam-unit-steps") in pairs and ("simsiam-unit-steps", "simsiam") in pairs
+    assert "simsiam-unit-steps" not in study.CLAIMS["amcl-simclr"].arms
+    assert ("amcl-simclr", "simclr-clip@1.6x") in [(c.a, c.b) for c in study.CLAIMS["amcl-simclr"].more]
 
 
 def test_a_claim_whose_precondition_is_not_shown_cannot_be_tested():

@@ -24,6 +24,7 @@ from sharpshift.models import backbone_arch
 from sharpshift.nonfinite import NonFiniteLoss
 from sharpshift.precision_choice import bf16_units, choose_for, cpu_name
 from sharpshift.process_env import THREAD_NOTE_ENV
+from sharpshift.steps import clip_summary
 from sharpshift.throughput import Throughput
 from sharpshift.tracking import build_loggers, finish_mlflow_run, start_mlflow_run
 
@@ -191,6 +192,8 @@ def _pretrain(cfg: Config, data_dir: str | None, resume: str | os.PathLike | Non
         summary.update(resumed_from=str(ckpt_path), resumed_at_step=start_step)
     if module.skipped_steps:
         summary["skipped_nonfinite_steps"] = module.skipped_steps
+    if module.grad_norms:  # this session's steps
+        summary["grad_clip"] = clip_summary(module.grad_norms, cfg.optim.grad_clip)
     atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
     if module.mechanisms.series:
         from sharpshift import mechanisms, plugins

@@ -74,8 +74,9 @@ CELLS = {c.name: c for c in [
         Cell(f"amcl-{m}", f"amcl-{m}", base=f"{m}-clip", cost=("amcl",)))],
     Cell("amcl-simclr-noclip", "amcl-simclr", ["optim.grad_clip=0"], base="simclr", cost=("amcl",)),
     # Barlow Twins trains with LARS, whose weight decay erases phi when phi shares the encoder's optimiser
-    # (docs/amcl.md, "phi under LARS"): phi on its own Adam, outside the clip
-    Cell("amcl-barlow-phi-adam", "amcl-barlow", ["amcl.phi_lr=0.001"], base="barlow-clip", cost=("amcl",)),
+    # (docs/amcl.md, "phi under LARS"), so amcl-barlow gives phi its own Adam; this arm puts phi back in LARS
+    # (the shipped config until its rows showed every temperature equal)
+    Cell("amcl-barlow-phi-lars", "amcl-barlow", ["amcl.phi_lr=null"], base="barlow-clip", cost=("amcl",)),
     # the official v2.0 losses (their temperatures run to tau_min, docs/amcl.md), same clip as the base; phi in
     # the encoder's optimiser, as the official code has it (said explicitly for Barlow Twins: amcl.phi_lr)
     *[Cell(f"amcl-{m}-official", f"amcl-{m}", ["amcl.form=official", *(["amcl.phi_lr=null"] if m == "barlow" else [])],
@@ -389,7 +390,7 @@ def collect(run_dir: Path, cell: Cell, seed: int, protocol: str) -> dict:
     return {"cell": cell.name, "seed": seed, "protocol": protocol, "cell_spec": cell_spec(cell),
             **{k: ev.get(k) for k in EVAL_FIGURES}, "train_seconds": tr["train_seconds"], "steps": tr["steps"],
             "precision": tr.get("precision"), "cpu": tr.get("cpu"), "machine": machine_type(tr),
-            "val_knn_curve": read_curve(run_dir),
+            "val_knn_curve": read_curve(run_dir), **({"grad_clip": tr["grad_clip"]} if "grad_clip" in tr else {}),
             "splits": {**tr.get("splits", {}), **ev.get("splits", {})}, "diagnostics": {}, **run_figures(run_dir)}
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from sharpshift.mechanisms import Mechanism, mean, values
 from sharpshift.plugins import MECHANISMS, STEPPERS
 from sharpshift.config.sharpness import SAMConfig
+from sharpshift.steps import clip_gradients
 
 
 @torch.no_grad()
@@ -93,8 +94,7 @@ class SAMStepper:
         finally:  # also when the second pass raises (a skipped non-finite step must leave theta as it was)
             with torch.no_grad():
                 torch._foreach_copy_(params, saved)
-        if module.cfg.optim.grad_clip > 0:
-            module.clip_gradients(opt, gradient_clip_val=module.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
+        clip_gradients(module, opt)
         opt.step()
         out.terms["sam_perturbed_loss"] = perturbed_out.loss.detach()
         out.extra["sam"] = {"eps_norm": torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps))) if eps
