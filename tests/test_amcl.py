@@ -1,5 +1,6 @@
 """AMCL: each loss against a slow loop written from its equation, constant-temperature reductions, bounds,
 gradients to phi, 200 bf16 steps, and the four methods training with amcl.enabled."""
+import json
 import math
 
 import pytest
@@ -390,3 +391,42 @@ def test_cli_registers_the_histogram_command():
 
     r = CliRunner().invoke(app, ["diagnose", "amcl", "--help"])
     assert r.exit_code == 0 and "histogram" in r.output
+
+
+def test_separation_summary_is_over_heads_so_one_head_and_three_compare():
+    from sharpshift.diagnostics.amcl_similarity import summary
+
+    def head(sep, pos):
+        return {"pos": torch.zeros(2), "neg": torch.zeros(2), "separation": sep, "pos_mean": pos, "neg_mean": 0.1,
+                "pos_below_0.5": 0.25}
+    three = summary([head(0.9, 0.8), head(0.7, 0.6), head(0.8, 0.7)])
+    assert three["heads"] == 3 and three["separation_mean"] == pytest.approx(0.8)
+    assert (three["separation_min"], three["separation_max"]) == (0.7, 0.9) and three["pos_mean"] == pytest.approx(0.7)
+    assert "pos" not in three["per_head"][0] and len(three["per_head"]) == 3
+    one = summary([head(0.75, 0.5)])
+    assert one["heads"] == 1 and one["separation_mean"] == one["separation_min"] == 0.75
+
+
+def test_diagnose_amcl_writes_each_runs_separation_into_its_folder(tmp_path, monkeypatch):
+    """The grid's "separation" diagnostic: `diagnose amcl RUN --no-plot` writes RUN/amcl_similarity.json (the
+    AUC of positive over negative similarities per head, and their mean), and no plot."""
+    from typer.testing import CliRunner
+
+    from sharpshift.bench.grid import DIAGNOSTICS
+    from sharpshift.cli import app
+    from sharpshift.diagnostics.amcl_similarity import FILE, auc, run_similarities
+    from sharpshift.train import pretrain
+
+    monkeypatch.chdir(tmp_path)
+    runs = {name: pretrain(tiny_config("simclr", "trainer.precision=32", f"out_dir={tmp_path / name}", *extra))
+            for name, extra in (("amcl", ("amcl.enabled=true", "optim.grad_clip=1.0")), ("base", ()))}
+    command, args, out = DIAGNOSTICS["separation"]
+    for name, run in runs.items():
+        r = CliRunner().invoke(app, [*command, str(run), *args, "--images", "64"])
+        assert r.exit_code == 0, r.output
+        fig = json.loads((run / out).read_text())
+        heads = run_similarities(run, 64)  # the same test images and views (seeded): the same figures
+        assert out == FILE and fig["heads"] == (3 if name == "amcl" else 1) == len(heads)
+        assert [h["separation"] for h in fig["per_head"]] == pytest.approx([auc(h["pos"], h["neg"]) for h in heads])
+        assert fig["separation_mean"] == pytest.approx(sum(h["separation"] for h in heads) / len(heads))
+    assert not list(tmp_path.glob("*.png"))

@@ -350,3 +350,20 @@ def test_each_composition_comparison_changes_one_add_on_and_nothing_else(a, b, a
     assert changed == {addon}, changed
     assert fa[f"{addon}.enabled"] and not fb[f"{addon}.enabled"]
     assert not fa["saf.enabled"] or fa["saf.epochs_ago"] == 2  # the long budget's E = 2 wherever SAF is on
+
+
+def test_amcl_claims_pair_the_heads_separation_seed_by_seed(tmp_path):
+    """Claim 5's readout "similarity separation per head": the grid's separation diagnostic, paired like the
+    accuracies (AMCL's mean over 3 heads against the base's one head)."""
+    claim = study.CLAIMS["amcl-simclr"]
+    assert claim.diagnose == ("separation",) and study.CLAIMS["composition"].diagnose == ("separation",)
+    rows = []
+    for s in range(3):
+        for cell, sep in (("simclr-clip", 0.90), ("amcl-simclr", 0.93 + 0.01 * s)):
+            r = row(cell, s, 0.8)
+            r["diagnostics"]["separation"] = {"heads": 1 if cell == "simclr-clip" else 3, "separation_mean": sep,
+                                              "separation_min": sep - 0.01}
+            rows.append(r)
+    diffs = study.compare(rows, [study.ee("amcl-simclr", "simclr-clip")], claim.readouts)
+    text = study.render_comparisons(diffs, unit="the figure's units", digits=4)
+    assert "separation (AUC), mean over heads" in text and "+0.0300 / +0.0400 / +0.0500" in text

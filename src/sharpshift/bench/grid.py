@@ -114,6 +114,8 @@ DIAGNOSTICS = {  # name: (command, arguments after RUN_DIR, the JSON it writes)
     "sharpness": (["diagnose", "sharpness"], ["--batches", "1", "--hutchinson", "10", "--no-landscapes", "--no-plots",
                                               "--views", "reference"], "sharpness_reference.json"),
     "discriminability": (["diagnose", "discriminability"], ["--tsne-points", "0"], "discriminability.json"),
+    # per projection head, the AUC of positive over negative pairs' cosine similarity on 512 test images
+    "separation": (["diagnose", "amcl"], ["--no-plot"], "amcl_similarity.json"),
     # 1000 corrupted test images per (corruption, severity), 500 attacked ones
     "robustness": (["evaluate", "--robustness"], ["robustness.test_subset=1000", "robustness.adversarial_subset=500"],
                    "robustness.json"),
@@ -127,6 +129,8 @@ PAIRED_FIGURES = {
                   Metric("SAM-sharpness 0.05", ("diagnostics", "sharpness", "sam_sharpness", "0.05"))),
     "discriminability": (Metric("crowding", ("diagnostics", "discriminability", "crowding")),
                          Metric("variance ratio", ("diagnostics", "discriminability", "variance_ratio"))),
+    "separation": (Metric("separation (AUC), mean over heads", ("diagnostics", "separation", "separation_mean")),
+                   Metric("separation (AUC), worst head", ("diagnostics", "separation", "separation_min"))),
     "robustness": (Metric("corrupted top-1 (pts)", ("diagnostics", "robustness", "mean_corruption_top1"), 100.0),
                    Metric("relative mCE vs SimCLR", ("diagnostics", "robustness", "relative_mce_vs_simclr"))),
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-NOT_FIGURES = ("seconds", "test_size", "val_size", "train_size")  # bookkeeping in the diagnostics' JSON
+NOT_FIGURES = ("seconds", "test_size", "val_size", "train_size", "images")  # bookkeeping in the diagnostics' JSON
 COLUMNS = (("linear_top1", "linear top-1 (%)"), ("knn_top1", "kNN top-1 (%)"),
            ("val_linear_top1", "val linear (%)"), ("val_knn_top1", "val kNN (%)"))
 

@@ -161,6 +161,10 @@ AMCL_VARIANTS = {"barlow": "amcl-barlow-phi-lars"}
 AMCL_CONTROLS = {"simsiam": "simsiam-unit-steps"}
 
 
+# the paper's explanation of AMCL's gain: several heads separate positive from negative pairs better than one
+SEPARATION = PAIRED_FIGURES["separation"]
+
+
 def amcl_claim(m: str, name: str) -> Claim:
     """Base, base + the clip, the official losses, the adaptive form (and a variant of it), the clipped base at
     x1.1 (and at AMCL's measured cost where there is one), and a control for the official form's steps."""
@@ -178,7 +182,7 @@ def amcl_claim(m: str, name: str) -> Claim:
          *[c for b in control for c in (ee(f"amcl-{m}-official", b), ee(b, m))]),
         Check("the adaptive temperatures stay interior: share at tau_min less 0.5", shipped,
               Metric("share at tau_min", ("mechanisms", "amcl", "share_at_tau_min")), "lower", value=0.5),
-        mechanisms=("amcl",), more_checks=(tau_differs(shipped),))
+        diagnose=("separation",), readouts=SEPARATION, mechanisms=("amcl",), more_checks=(tau_differs(shipped),))
 
 
 CLAIMS = {c.key: c for c in [
@@ -234,7 +238,8 @@ CLAIMS = {c.key: c for c in [
            ee("saf-simclr-e2-clip", "simclr-clip"), ee("amcl-saf-simclr", "simclr-clip")),
           Check("the adaptive temperatures stay interior with SAF on: share at tau_min less 0.5", "amcl-saf-simclr",
                 Metric("share at tau_min", ("mechanisms", "amcl", "share_at_tau_min")), "lower", value=0.5),
-          mechanisms=("amcl", "saf"), more_checks=(tau_differs("amcl-saf-simclr"),)),
+          diagnose=("separation",), readouts=SEPARATION, mechanisms=("amcl", "saf"),
+          more_checks=(tau_differs("amcl-saf-simclr"),)),
 ]}
 
 

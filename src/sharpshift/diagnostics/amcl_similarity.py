@@ -40,6 +40,20 @@ def auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+FILE = "amcl_similarity.json"  # in the run folder: the heads' figures (`diagnose amcl`; the grid's "separation")
+
+
+def summary(heads: list[dict]) -> dict:
+    """The figures a table pairs: each head's, and their mean, min and max over heads (a single-head base: its
+    one head), so that AMCL's C heads and a base's one compare on the same scale."""
+    per_head = [{k: v for k, v in h.items() if k not in ("pos", "neg")} for h in heads]
+    sep = [h["separation"] for h in per_head]
+    return {"heads": len(per_head), "separation_mean": sum(sep) / len(sep), "separation_min": min(sep),
+            "separation_max": max(sep), "pos_mean": sum(h["pos_mean"] for h in per_head) / len(per_head),
+            "neg_mean": sum(h["neg_mean"] for h in per_head) / len(per_head),
+            "pos_below_0.5": sum(h["pos_below_0.5"] for h in per_head) / len(per_head), "per_head": per_head}
+
+
 def load_run_module(run_dir: Path):
     """Rebuild a run's training module (heads included) from its config and last checkpoint."""
     from sharpshift.data.storage import open_split
