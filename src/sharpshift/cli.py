@@ -208,8 +208,8 @@ def bench_accuracy(
     doc: Path = typer.Option(Path("docs/results.md"), help="Markdown file whose grid section is rewritten."),
     record: Path = typer.Option(Path("docs/grid"), help="Committed per-cell result rows; a recorded cell is not rerun."),
     diagnose: str = typer.Option("", help="Comma-separated diagnostics to add to each cell's row (and the only "
-                                 "ones tabulated): sharpness, discriminability, separation, robustness; 'none' tabulates "
-                                 "none (default: all those recorded)."),
+                                 "ones tabulated): sharpness, discriminability, separation, robustness; 'none' "
+                                 "tabulates none (default: all those recorded)."),
     section: str = typer.Option("", help="Name of the results section to rewrite (default: grid-BUDGET)."),
     collect_only: bool = typer.Option(False, "--collect-only", help="Train nothing: tabulate the recorded rows "
                                       "and list the (cell, seed) pairs that have none."),
