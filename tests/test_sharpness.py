@@ -78,7 +78,7 @@ class TinyMethod(nn.Module):
         self.backbone = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU())
         self.projector = nn.Linear(6, 3)
         self.cfg = SimpleNamespace(optim=SimpleNamespace(grad_clip=0.0))
-        self.grad_norms: list[float] = []
+        self.grad_norms: list[torch.Tensor] = []
         self.x = torch.randn(8, 4)
         self.seen: list[dict] = []  # parameters as each closure call saw them
 
@@ -175,7 +175,7 @@ def test_sam_clips_the_descent_gradient():
     SAMStepper(SAMConfig(enabled=True, rho=0.05))(m, CountingSGD(m.parameters(), lr=lr), m.closure)
     g_pert = grads_at(m, m.seen[1])
     total = math.sqrt(sum(float((g ** 2).sum()) for g in g_pert.values()))
-    assert clipped == [1e-3] and total > 1e-2 and m.grad_norms == [pytest.approx(total, rel=1e-5)]
+    assert clipped == [1e-3] and total > 1e-2 and [float(n) for n in m.grad_norms] == [pytest.approx(total, rel=1e-5)]
     for k, p in m.named_parameters():
         assert torch.allclose(p.detach(), theta[k] - lr * g_pert[k] * (1e-3 / total), atol=1e-7), k
 

@@ -57,14 +57,15 @@ def plain_step(module, opt, closure: Callable[[], StepOutput]) -> StepOutput:
 def clip_gradients(module, opt) -> None:
     """optim.grad_clip on `opt`'s gradients (none where it is 0), keeping each step's norm before clipping: whether
     a clip binds always, sometimes or never decides what it does (train.json's `grad_clip`)."""
-    if module.cfg.optim.grad_clip > 0:
-        module.grad_norms.append(float(torch.nn.utils.get_total_norm(
-            [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None])))
+    if module.cfg.optim.grad_clip > 0:  # the norm the clip compares with its bound (kept as a tensor: no sync)
+        module.grad_norms.append(torch.nn.utils.get_total_norm(
+            [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]).detach())
         module.clip_gradients(opt, gradient_clip_val=module.cfg.optim.grad_clip, gradient_clip_algorithm="norm")
 
 
-def clip_summary(norms: list[float], max_norm: float) -> dict:
+def clip_summary(norms: list, max_norm: float) -> dict:
     """For train.json: how often the clip bound, and the gradient norms it saw (before clipping)."""
+    norms = [float(n) for n in norms]
     q = torch.tensor(norms, dtype=torch.float64).quantile(torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
     return {"max_norm": max_norm, "steps": len(norms), "share_clipped": sum(n > max_norm for n in norms) / len(norms),
             "grad_norm_q05": q[0].item(), "grad_norm_q50": q[1].item(), "grad_norm_q95": q[2].item()}

@@ -68,7 +68,7 @@ class SSLMethod(L.LightningModule):
         self.monitor: tuple[torch.Tensor, ...] | None = None  # (train_x, train_y, test_x, test_y) for kNN
         self._probe_hits = torch.zeros(2)
         self.skipped_steps = 0  # non-finite losses skipped (trainer.on_nonfinite=skip)
-        self.grad_norms: list[float] = []  # each step's gradient norm before optim.grad_clip, where it is on
+        self.grad_norms: list[torch.Tensor] = []  # each step's gradient norm before optim.grad_clip, where it is on
         self.views_per_image = cfg.views.num_views  # the views a step really made (RSA makes more), for train.json
 
     def setup(self, stage: str) -> None:
