@@ -156,6 +156,25 @@ def test_diagnostics_are_never_taken_on_a_run_folder_of_another_protocol(tmp_pat
     assert [r["linear_top1"] for r in grid.kept_rows("simclr", 0, rec)] == [-1.0]
 
 
+def test_a_row_retrained_for_a_new_diagnostic_keeps_its_other_diagnostics_measured_again(tmp_path):
+    """Robustness asked of a recorded row whose folder is gone: the row becomes the retrained folder's, and the
+    diagnostics the old row had (here discriminability) are measured again on it, not dropped, nor kept from
+    the old model."""
+    cell, runs, rec = grid.Cell("simclr", "simclr"), tmp_path / "runs", tmp_path / "rec"
+    grid.run_cell(cell, 0, TINY, runs, record=rec)
+    shutil.rmtree(runs / "simclr")
+    row_file = rec / "simclr" / "seed0.json"
+    row_file.write_text(json.dumps({**json.loads(row_file.read_text()),
+                                    "diagnostics": {"discriminability": {"crowding": 99.0}}}))
+    row = grid.run_cell(cell, 0, TINY, runs, record=rec, diagnostics=["separation"])
+    assert set(row["diagnostics"]) == {"separation", "discriminability"}
+    assert row["diagnostics"]["separation"]["heads"] == 1
+    assert 0 <= row["diagnostics"]["discriminability"]["crowding"] <= 1  # the new folder's, not 99
+    folder = runs / "simclr" / "seed0"
+    measured = json.loads((folder / "discriminability.json").read_text())["crowding"]
+    assert row["diagnostics"]["discriminability"]["crowding"] == measured
+
+
 def test_a_prior_remade_on_another_machine_type_becomes_the_simclr_row_and_the_old_row_is_kept(tmp_path):
     """DSA's prior is SimCLR's run folder; where runs/ is empty it is trained again. On another machine type that
     folder is another model than the recorded row: the row must become the folder's (its diagnostics measured

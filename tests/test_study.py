@@ -367,3 +367,24 @@ def test_amcl_claims_pair_the_heads_separation_seed_by_seed(tmp_path):
     diffs = study.compare(rows, [study.ee("amcl-simclr", "simclr-clip")], claim.readouts)
     text = study.render_comparisons(diffs, unit="the figure's units", digits=4)
     assert "separation (AUC), mean over heads" in text and "+0.0300 / +0.0400 / +0.0500" in text
+
+
+def test_sharpness_claims_pair_corruption_and_pgd_robustness_seed_by_seed():
+    """Claims 1 and 4's readout "corruption and PGD robustness": the grid's robustness diagnostic, paired like
+    the accuracies, PGD at the one radius fixed beforehand (2/255), the other radii left to the tables."""
+    for key in ("ssa", "saf"):
+        assert study.CLAIMS[key].diagnose == ("sharpness", "robustness")
+        assert set(study.ROBUSTNESS) <= set(study.CLAIMS[key].readouts)
+    rows = []
+    for s in range(3):
+        for cell, corrupted, pgd in (("simclr", 0.60, 0.30), ("sam-simclr", 0.62 + 0.01 * s, 0.25)):
+            r = row(cell, s, 0.8)
+            r["diagnostics"]["robustness"] = {"mean_corruption_top1": corrupted, "relative_mce_vs_simclr":
+                                              1.0 if cell == "simclr" else 0.9,
+                                              "pgd_top1": {"1/255": 0.5, "2/255": pgd, "4/255": 0.1}}
+            rows.append(r)
+    diffs = study.compare(rows, [study.ee("sam-simclr", "simclr")], study.ROBUSTNESS)
+    text = study.render_comparisons(diffs, unit="the figure's units", digits=4)
+    assert "corrupted top-1 (pts)" in text and "+2.0000 / +3.0000 / +4.0000" in text
+    assert "relative mCE vs SimCLR" in text and "-0.1000 / -0.1000 / -0.1000" in text
+    assert "PGD top-1 at 2/255 (pts)" in text and "-5.0000 / -5.0000 / -5.0000" in text

@@ -229,10 +229,11 @@ def run_cell(cell: Cell, seed: int, budget: list[str], root: Path, extra: list[s
         log(f"{cell.name} seed {seed}: no run folder under protocol {expected}; training it again for {missing}")
         _remake_folder(cell, seed, budget, extra, root, run_dir, expected, record, log)
         # a retrained model is not the recorded one (another CPU, other kernels): the row becomes the new
-        # folder's, accuracy and every diagnostic alike, so that no row mixes two models' figures; the old row,
-        # where it names another machine type, is kept to pair with the rows made on that type
-        row, missing = _keep_other_type(record, cell.name, seed, row, collect(run_dir, cell, seed, expected)), \
-            list(diagnostics)
+        # folder's, accuracy and every diagnostic alike (those the old row had are measured again, so that none
+        # is lost and no row mixes two models' figures); the old row, where it names another machine type, is
+        # kept to pair with the rows made on that type
+        missing = [*diagnostics, *[d for d in row.get("diagnostics", {}) if d not in diagnostics]]
+        row = _keep_other_type(record, cell.name, seed, row, collect(run_dir, cell, seed, expected))
     if missing and finished(run_dir, expected):
         for d in missing:
             diagnose(run_dir, d, extra)

@@ -30,6 +30,10 @@ GAP = Metric("encoder gap (pretrain - val kNN)", ("encoder_gap",), 100.0)
 PROBE_GAP = Metric("probe gap (train - val)", ("probe_gap",), 100.0)
 TRACE = PAIRED_FIGURES["sharpness"][0]
 TOP_EIG = PAIRED_FIGURES["sharpness"][1]
+# claims 1 and 4's robustness readouts: corrupted top-1, relative mCE against the same seed's SimCLR, and PGD
+# top-1 at one radius, 2/255, fixed before the rows were seen (the tables show all four radii)
+ROBUSTNESS = (*PAIRED_FIGURES["robustness"],
+              Metric("PGD top-1 at 2/255 (pts)", ("diagnostics", "robustness", "pgd_top1", "2/255"), 100.0))
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,8 @@ def amcl_claim(m: str, name: str) -> Claim:
 CLAIMS = {c.key: c for c in [
     Claim("ssa", "SSA-CLR, sharpness part (all 54k images)", SSA_PAPER, "long", SSA_ARMS,
           (ee("ssa-clr", "simclr"), ec("ssa-clr", "simclr@1.9x")), SSA_MORE, SAM_FLATTENS,
-          diagnose=("sharpness",), readouts=(PROBE_GAP, TRACE, TOP_EIG), mechanisms=("sam",)),
+          diagnose=("sharpness", "robustness"), readouts=(PROBE_GAP, TRACE, TOP_EIG, *ROBUSTNESS),
+          mechanisms=("sam",)),
     Claim("ssa-small", "SSA-CLR, sharpness part, small data (3,000 images, 40 epochs)", SSA_PAPER, "small", SSA_ARMS,
           (ee("ssa-clr", "simclr"), ec("ssa-clr", "simclr@1.9x")), SSA_MORE, SAM_FLATTENS,
           diagnose=("sharpness",), readouts=(GAP, TRACE, TOP_EIG), mechanisms=("sam",),
@@ -215,7 +220,8 @@ CLAIMS = {c.key: c for c in [
            ec("sam-simclr", "simclr@1.9x"), ee("saf-simclr-e2", "sam-simclr")),
           Check("SAF lowers the Hessian trace on the reference views (saf-simclr-e2 - simclr)", "saf-simclr-e2",
                 TRACE, "lower", b_cell="simclr", b_metric=TRACE),
-          diagnose=("sharpness",), readouts=(PROBE_GAP, TRACE, TOP_EIG), mechanisms=("saf", "mesa")),
+          diagnose=("sharpness", "robustness"), readouts=(PROBE_GAP, TRACE, TOP_EIG, *ROBUSTNESS),
+          mechanisms=("saf", "mesa")),
     *[amcl_claim(m, name) for m, name in (("simclr", "SimCLR"), ("moco", "MoCo v2"), ("barlow", "Barlow Twins"),
                                           ("simsiam", "SimSiam"))],
     *[Claim(f"dsa-{m}", f"DSA on {name}", "DSA: learned relations that aggregate similar samples and separate "
